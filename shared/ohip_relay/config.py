@@ -1,0 +1,162 @@
+"""One typed settings object, read from the environment.
+
+The same variable names are used in Fargate, in Lambda and locally. A missing or malformed value
+stops start-up with one `ConfigError` whose message names the variable and says what is expected;
+secret values are never echoed back.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from urllib.parse import urlsplit
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed. `str(error)` is one line naming the variable."""
+
+
+class Need(Enum):
+    """What a command needs; each adds its variables to the required set."""
+
+    OHIP = "ohip"  # gateway URL, credentials, app key
+    STREAM = "stream"  # chain code
+    POLL = "poll"  # external system (hotel ids optional)
+    AWS = "aws"  # queue and table
+
+
+# Same rule as the streaming schema's chainCode (NewEventInput), so a bad value fails at start-up
+# rather than as an `error` message from the server.
+_CHAIN_CODE = re.compile(r"^[A-Za-z0-9 _%#$&-]{1,20}$")
+_HOTEL_ID = re.compile(r"^[A-Za-z0-9_-]{1,20}$")
+_EXTERNAL_SYSTEM = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
+_TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the relay reads from its environment.
+
+    `client_secret` and `app_key` are kept out of `repr()` so that a settings object can be logged.
+    With `OHIP_SECRET_ARN` set (AWS deployments), the client id, client secret and app key come from
+    Secrets Manager and may be absent here.
+    """
+
+    gateway_url: str = ""
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    app_key: str = field(default="", repr=False)
+    enterprise_id: str = ""
+    oauth_scope: str = ""
+    chain_code: str = ""
+    hotel_ids: tuple[str, ...] = ()
+    external_system: str = ""
+    secret_arn: str = ""
+    queue_url: str = ""
+    table_name: str = ""
+    bucket_name: str = ""
+    aws_endpoint_url: str = ""
+    aws_region: str = ""
+
+    @property
+    def queue_is_fifo(self) -> bool:
+        return self.queue_url.endswith(".fifo")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *needs: Need) -> Settings:
+        """Read and validate the settings that `needs` require; optional ones are checked when set."""
+        required = set(needs)
+        reader = _Reader(env)
+        secret_arn = reader.text("OHIP_SECRET_ARN")
+        credentials_required = Need.OHIP in required and not secret_arn
+        settings = cls(
+            gateway_url=reader.url("OHIP_GATEWAY_URL", required=Need.OHIP in required, https_only=True),
+            client_id=reader.text("OHIP_CLIENT_ID", required=credentials_required),
+            client_secret=reader.text("OHIP_CLIENT_SECRET", required=credentials_required, secret=True),
+            app_key=reader.text("OHIP_APP_KEY", required=credentials_required, secret=True),
+            enterprise_id=reader.text("OHIP_ENTERPRISE_ID"),
+            oauth_scope=reader.text("OHIP_OAUTH_SCOPE"),
+            chain_code=reader.pattern(
+                "OHIP_CHAIN_CODE",
+                _CHAIN_CODE,
+                "1-20 letters, digits, spaces or _%#$&-",
+                required=Need.STREAM in required or Need.POLL in required,
+            ),
+            hotel_ids=reader.hotel_ids("OHIP_HOTEL_IDS"),
+            external_system=reader.pattern(
+                "OHIP_EXTERNAL_SYSTEM",
+                _EXTERNAL_SYSTEM,
+                "1-40 letters, digits or _.-",
+                required=Need.POLL in required,
+            ),
+            secret_arn=secret_arn,
+            queue_url=reader.url("RELAY_QUEUE_URL", required=Need.AWS in required, https_only=False),
+            table_name=reader.pattern(
+                "RELAY_TABLE_NAME",
+                _TABLE_NAME,
+                "a DynamoDB table name (3-255 of A-Z a-z 0-9 _.-)",
+                required=Need.AWS in required,
+            ),
+            bucket_name=reader.pattern("RELAY_BUCKET_NAME", _BUCKET_NAME, "an S3 bucket name"),
+            aws_endpoint_url=reader.url("AWS_ENDPOINT_URL", required=False, https_only=False),
+            aws_region=reader.text("AWS_REGION") or reader.text("AWS_DEFAULT_REGION"),
+        )
+        if Need.AWS in required and not settings.aws_region:
+            raise ConfigError("AWS_REGION: missing (the AWS region of the queue and table, e.g. eu-west-1)")
+        return settings
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def text(self, name: str, *, required: bool = False, secret: bool = False) -> str:
+        value = self.env.get(name, "").strip()
+        if required and not value:
+            raise ConfigError(f"{name}: missing")
+        if value and any(ch in value for ch in "\r\n\x00"):
+            shown = "" if secret else f" (got {value!r})"
+            raise ConfigError(f"{name}: must be a single line{shown}")
+        return value
+
+    def pattern(self, name: str, regex: re.Pattern[str], expected: str, *, required: bool = False) -> str:
+        value = self.text(name, required=required)
+        if value and not regex.fullmatch(value):
+            raise ConfigError(f"{name}: expected {expected} (got {value!r})")
+        return value
+
+    def url(self, name: str, *, required: bool, https_only: bool) -> str:
+        value = self.text(name, required=required)
+        if not value:
+            return value
+        parts = urlsplit(value)
+        allowed = {"https"} if https_only else {"https", "http"}
+        loopback = parts.hostname in _LOOPBACK_HOSTS if parts.hostname else False
+        if parts.scheme == "http" and https_only and loopback:
+            allowed.add("http")  # the local gateway; a real gateway is always https
+        if parts.scheme not in allowed or not parts.hostname:
+            wanted = "an https:// URL" if https_only else "an http(s):// URL"
+            raise ConfigError(f"{name}: expected {wanted} (got {value!r})")
+        if parts.query or parts.fragment:
+            raise ConfigError(f"{name}: must not carry a query or fragment (got {value!r})")
+        try:
+            _ = parts.port
+        except ValueError as exc:
+            raise ConfigError(f"{name}: bad port in {value!r}") from exc
+        return value.rstrip("/")
+
+    def hotel_ids(self, name: str) -> tuple[str, ...]:
+        raw = self.text(name)
+        if not raw:
+            return ()
+        ids = tuple(part.strip() for part in raw.split(","))
+        for hotel in ids:
+            if not _HOTEL_ID.fullmatch(hotel):
+                raise ConfigError(f"{name}: expected comma-separated hotel codes (got {raw!r})")
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"{name}: lists a hotel twice (got {raw!r})")
+        return ids

@@ -1,0 +1,94 @@
+"""The settings object: every variable is checked, and errors name the variable without secrets."""
+
+from __future__ import annotations
+
+import pytest
+
+from ohip_relay.config import ConfigError, Need, Settings
+
+FULL = {
+    "OHIP_GATEWAY_URL": "https://ohip.example.com/",
+    "OHIP_CLIENT_ID": "client",
+    "OHIP_CLIENT_SECRET": "s3cr3t-value",
+    "OHIP_APP_KEY": "app-key-value",
+    "OHIP_CHAIN_CODE": "CHAIN1",
+    "OHIP_HOTEL_IDS": "HOTEL1, HOTEL2",
+    "OHIP_EXTERNAL_SYSTEM": "RELAY",
+    "RELAY_QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/123456789012/relay-events.fifo",
+    "RELAY_TABLE_NAME": "relay-state",
+    "AWS_REGION": "eu-west-1",
+}
+
+
+def test_full_environment_parses() -> None:
+    settings = Settings.from_env(FULL, Need.OHIP, Need.STREAM, Need.POLL, Need.AWS)
+    assert settings.gateway_url == "https://ohip.example.com"
+    assert settings.hotel_ids == ("HOTEL1", "HOTEL2")
+    assert settings.queue_is_fifo
+
+
+def test_secrets_are_not_in_repr() -> None:
+    text = repr(Settings.from_env(FULL, Need.OHIP))
+    assert "s3cr3t-value" not in text
+    assert "app-key-value" not in text
+
+
+@pytest.mark.parametrize(
+    "missing",
+    [
+        "OHIP_GATEWAY_URL",
+        "OHIP_CLIENT_ID",
+        "OHIP_CLIENT_SECRET",
+        "OHIP_APP_KEY",
+        "OHIP_CHAIN_CODE",
+        "RELAY_QUEUE_URL",
+        "RELAY_TABLE_NAME",
+    ],
+)
+def test_missing_required_variable_is_named(missing: str) -> None:
+    env = {k: v for k, v in FULL.items() if k != missing}
+    with pytest.raises(ConfigError, match=rf"^{missing}: missing$"):
+        Settings.from_env(env, Need.OHIP, Need.STREAM, Need.AWS)
+
+
+def test_secret_arn_replaces_plain_credentials() -> None:
+    env = {k: v for k, v in FULL.items() if k not in ("OHIP_CLIENT_ID", "OHIP_CLIENT_SECRET", "OHIP_APP_KEY")}
+    env["OHIP_SECRET_ARN"] = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:ohip"
+    assert Settings.from_env(env, Need.OHIP).client_id == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("OHIP_GATEWAY_URL", "ftp://ohip.example.com"),
+        ("OHIP_GATEWAY_URL", "http://ohip.example.com"),  # plain http only on loopback
+        ("OHIP_GATEWAY_URL", "https://ohip.example.com?x=1"),
+        ("OHIP_GATEWAY_URL", "https://ohip.example.com:notaport"),
+        ("OHIP_CHAIN_CODE", "CHAIN*1"),
+        ("OHIP_CHAIN_CODE", "C" * 21),
+        ("OHIP_HOTEL_IDS", "HOTEL1,,HOTEL2"),
+        ("OHIP_HOTEL_IDS", "HOTEL1,HOTEL1"),
+        ("RELAY_QUEUE_URL", "queue"),
+        ("RELAY_TABLE_NAME", "x"),
+    ],
+)
+def test_malformed_value_is_named(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{name}: "):
+        Settings.from_env({**FULL, name: value}, Need.OHIP, Need.STREAM, Need.AWS)
+
+
+def test_loopback_gateway_may_use_plain_http() -> None:
+    settings = Settings.from_env({**FULL, "OHIP_GATEWAY_URL": "http://127.0.0.1:8080"}, Need.OHIP)
+    assert settings.gateway_url == "http://127.0.0.1:8080"
+
+
+def test_malformed_secret_is_not_echoed() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**FULL, "OHIP_CLIENT_SECRET": "top\nsecret"}, Need.OHIP)
+    assert "top" not in str(info.value)
+
+
+def test_region_required_for_aws() -> None:
+    env = {k: v for k, v in FULL.items() if k != "AWS_REGION"}
+    with pytest.raises(ConfigError, match=r"^AWS_REGION: missing"):
+        Settings.from_env(env, Need.AWS)
