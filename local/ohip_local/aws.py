@@ -21,6 +21,8 @@ from typing import Any
 import boto3
 import yaml
 
+from ohip_relay.errors import StartupError
+
 log = logging.getLogger(__name__)
 
 LOCAL_ACCOUNT_ID = "123456789012"  # moto's default account
@@ -29,7 +31,7 @@ DEFAULT_STACK_NAME = "ohip-relay-local"
 LOCAL_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
-class LocalStackError(Exception):
+class LocalStackError(StartupError):
     """The local stack could not be set up; the message is one line that says why."""
 
 

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from urllib.parse import urlsplit
 
+from .errors import StartupError
 
-class ConfigError(Exception):
+
+class ConfigError(StartupError):
     """A setting is missing or malformed. `str(error)` is one line naming the variable."""
 
 
