@@ -1,0 +1,421 @@
+"""The relay's state in DynamoDB: checkpoint, heartbeat and lease, one item each per chain.
+
+All items live in the single state table (`template.yaml`: hash key `pk`, a string; TTL attribute
+`expiresAt`, which none of these items set: they live as long as the deployment). Every item
+carries `kind` and `chain` so that a scan of the table is readable by a human.
+
+Item layout (DynamoDB types in brackets; times are epoch seconds with millisecond precision):
+
+``checkpoint#<chain>``
+    ``offset`` [N]      the highest OHIP offset such that it and every event before it were
+                        acknowledged by SQS; a restart subscribes from here. Only ever increases.
+    ``owner`` [S]       who wrote it (task id / function name), for `ohip-relay status`.
+    ``updatedAt`` [N]   when it was written.
+
+``heartbeat#<chain>``
+    ``state`` [S]       connecting | connected | backoff | draining | stopped | failed (`StreamState`)
+    ``owner`` [S]       the consumer that wrote it.
+    ``updatedAt`` [N]   when it was written; a heartbeat older than a few intervals means the
+                        consumer is gone, whatever `state` says.
+    ``lastFrameAt`` [N], ``lastEventAt`` [N], ``lastOffset`` [N], ``checkpoint`` [N],
+    ``lagSeconds`` [N], ``detail`` [S]
+                        optional: the last frame of any kind, the last event, its offset, the offset
+                        the consumer last checkpointed, how far behind OHIP's event timestamps it is,
+                        and a short free text (a close code, a reason for `failed`). Absent when
+                        unknown.
+
+``lease#<chain>``
+    ``owner`` [S]       the holder; absent after a release.
+    ``leaseUntil`` [N]  the lease is held while ``now < leaseUntil``.
+    ``renewedAt`` [N]   when it was last acquired or renewed.
+    ``generation`` [N]  incremented by every successful acquire: a fencing token that tells two
+                        holders apart across time.
+
+Guarantees: every write that can race is a conditional write evaluated by DynamoDB, so
+`advance_checkpoint` never moves the stored offset backward and, of two owners acquiring the lease at
+the same time, exactly one succeeds. A condition that does not hold is an ordinary `False` result.
+Any other DynamoDB failure raises `StateStoreError`, naming the operation and the table. Time is
+always passed in by the caller (`now`), so the rules can be tested with a moving clock.
+
+`StateStore` is synchronous (the Lambda uses it directly); the asyncio consumer calls it through
+`asyncio.to_thread`. It keeps no mutable state of its own, so one instance may be shared by threads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.client import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef, UniversalAttributeValueTypeDef
+
+CHECKPOINT_PREFIX = "checkpoint#"
+HEARTBEAT_PREFIX = "heartbeat#"
+LEASE_PREFIX = "lease#"
+
+_CONDITION_FAILED = "ConditionalCheckFailedException"
+_RETRYABLE_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "ThrottlingException",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "TransactionConflictException",
+    }
+)
+
+
+class StateStoreError(Exception):
+    """A DynamoDB call failed for a reason other than an unmet condition.
+
+    The message names the operation, the table and the error code; `retryable` is True for
+    throttling, server-side and connection errors (worth trying again later).
+    """
+
+    def __init__(self, message: str, *, operation: str, code: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.code = code
+        self.retryable = retryable
+
+
+class StreamState(StrEnum):
+    STANDBY = "standby"  # another task holds the lease
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKOFF = "backoff"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    offset: int
+    updated_at: float
+    owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """What the stream consumer says about itself every few seconds.
+
+    `state` is a `StreamState` when the value is one this version knows, else the raw string (a newer
+    writer), so that readers never fail on it.
+    """
+
+    state: StreamState | str
+    owner: str
+    updated_at: float
+    last_frame_at: float | None = None
+    last_event_at: float | None = None
+    last_offset: int | None = None
+    checkpoint: int | None = None
+    lag_seconds: float | None = None
+    detail: str | None = None
+
+    def age(self, now: float) -> float:
+        """Seconds since the heartbeat was written."""
+        return now - self.updated_at
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    owner: str
+    lease_until: float
+    renewed_at: float
+    generation: int
+
+    def is_held(self, now: float) -> bool:
+        return now < self.lease_until
+
+    def held_by(self, owner: str, now: float) -> bool:
+        return self.owner == owner and self.is_held(now)
+
+
+class StateStore:
+    """Checkpoint, heartbeat and lease of one chain in the state table (see the module docstring)."""
+
+    def __init__(self, dynamodb_client: DynamoDBClient, table_name: str, chain_code: str) -> None:
+        if not chain_code:
+            raise ValueError("chain_code must not be empty")
+        self._ddb = dynamodb_client
+        self._table = table_name
+        self._chain = chain_code
+
+    @property
+    def table_name(self) -> str:
+        return self._table
+
+    @property
+    def chain_code(self) -> str:
+        return self._chain
+
+    def key(self, prefix: str) -> str:
+        return f"{prefix}{self._chain}"
+
+    # -- checkpoint ---------------------------------------------------------------------------
+
+    def get_checkpoint(self) -> Checkpoint | None:
+        item = self._get("GetCheckpoint", CHECKPOINT_PREFIX)
+        if item is None or "offset" not in item:
+            return None
+        return Checkpoint(
+            offset=_int(item["offset"]),
+            updated_at=_float(item.get("updatedAt")) or 0.0,
+            owner=_str(item, "owner"),
+        )
+
+    def advance_checkpoint(self, offset: int, owner: str, *, now: float | None = None) -> bool:
+        """Store `offset` if it is higher than the stored one; False (nothing written) otherwise.
+
+        The comparison happens in DynamoDB (a conditional write on the Number `offset`), so two
+        writers can never move the checkpoint backward, whatever order their writes arrive in.
+        """
+        if offset < 0:
+            raise ValueError(f"offset must be non-negative, not {offset}")
+        written_at = time.time() if now is None else now
+        return self._conditional_update(
+            "AdvanceCheckpoint",
+            CHECKPOINT_PREFIX,
+            update=(
+                "SET #offset = :offset, #owner = :owner, #updatedAt = :now, #kind = :kind, #chain = :chain"
+            ),
+            condition="attribute_not_exists(#pk) OR #offset < :offset",
+            names={
+                "#pk": "pk",
+                "#offset": "offset",
+                "#owner": "owner",
+                "#updatedAt": "updatedAt",
+                "#kind": "kind",
+                "#chain": "chain",
+            },
+            values={
+                ":offset": {"N": str(offset)},
+                ":owner": {"S": owner},
+                ":now": _num(written_at),
+                ":kind": {"S": "checkpoint"},
+                ":chain": {"S": self._chain},
+            },
+        )
+
+    # -- heartbeat ----------------------------------------------------------------------------
+
+    def put_heartbeat(self, heartbeat: Heartbeat) -> None:
+        """Replace the heartbeat item (last writer wins: it is a report, not a decision)."""
+        item: dict[str, AttributeValueTypeDef] = {
+            "pk": {"S": self.key(HEARTBEAT_PREFIX)},
+            "kind": {"S": "heartbeat"},
+            "chain": {"S": self._chain},
+            "state": {"S": str(heartbeat.state)},
+            "owner": {"S": heartbeat.owner},
+            "updatedAt": _num(heartbeat.updated_at),
+        }
+        optional: dict[str, float | int | None] = {
+            "lastFrameAt": heartbeat.last_frame_at,
+            "lastEventAt": heartbeat.last_event_at,
+            "lastOffset": heartbeat.last_offset,
+            "checkpoint": heartbeat.checkpoint,
+            "lagSeconds": heartbeat.lag_seconds,
+        }
+        for name, value in optional.items():
+            if value is not None:
+                item[name] = {"N": str(value)} if isinstance(value, int) else _num(value)
+        if heartbeat.detail:
+            item["detail"] = {"S": heartbeat.detail}
+        try:
+            self._ddb.put_item(TableName=self._table, Item=item)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("PutHeartbeat", exc) from exc
+
+    def get_heartbeat(self) -> Heartbeat | None:
+        item = self._get("GetHeartbeat", HEARTBEAT_PREFIX)
+        if item is None:
+            return None
+        raw_state = _str(item, "state")
+        state: StreamState | str = (
+            StreamState(raw_state) if raw_state in StreamState._value2member_map_ else raw_state
+        )
+        last_offset, checkpoint = item.get("lastOffset"), item.get("checkpoint")
+        return Heartbeat(
+            state=state,
+            owner=_str(item, "owner"),
+            updated_at=_float(item.get("updatedAt")) or 0.0,
+            last_frame_at=_float(item.get("lastFrameAt")),
+            last_event_at=_float(item.get("lastEventAt")),
+            last_offset=_int(last_offset) if last_offset is not None else None,
+            checkpoint=_int(checkpoint) if checkpoint is not None else None,
+            lag_seconds=_float(item.get("lagSeconds")),
+            detail=_str(item, "detail") or None,
+        )
+
+    # -- lease --------------------------------------------------------------------------------
+
+    def acquire_lease(self, owner: str, duration_s: float, now: float) -> bool:
+        """Take the lease until `now + duration_s` if it is free, expired, or already `owner`'s.
+
+        Decided by DynamoDB in one conditional write: of several owners racing, exactly one wins.
+        """
+        _check_owner(owner)
+        if duration_s <= 0:
+            raise ValueError(f"duration_s must be positive, not {duration_s}")
+        return self._conditional_update(
+            "AcquireLease",
+            LEASE_PREFIX,
+            update=(
+                "SET #owner = :owner, #until = :until, #renewedAt = :now, #kind = :kind, #chain = :chain "
+                "ADD #generation :one"
+            ),
+            condition="attribute_not_exists(#owner) OR #until <= :now OR #owner = :owner",
+            names={
+                "#owner": "owner",
+                "#until": "leaseUntil",
+                "#renewedAt": "renewedAt",
+                "#kind": "kind",
+                "#chain": "chain",
+                "#generation": "generation",
+            },
+            values={
+                ":owner": {"S": owner},
+                ":until": _num(now + duration_s),
+                ":now": _num(now),
+                ":kind": {"S": "lease"},
+                ":chain": {"S": self._chain},
+                ":one": {"N": "1"},
+            },
+        )
+
+    def renew_lease(self, owner: str, duration_s: float, now: float) -> bool:
+        """Extend `owner`'s lease to `now + duration_s`; False when someone else holds it (or nobody).
+
+        A lease that lapsed but was not taken by anyone else is still `owner`'s and can be renewed:
+        nobody else can have connected in between, because taking it would have changed the owner.
+        """
+        _check_owner(owner)
+        if duration_s <= 0:
+            raise ValueError(f"duration_s must be positive, not {duration_s}")
+        return self._conditional_update(
+            "RenewLease",
+            LEASE_PREFIX,
+            update="SET #until = :until, #renewedAt = :now",
+            condition="#owner = :owner",
+            names={"#owner": "owner", "#until": "leaseUntil", "#renewedAt": "renewedAt"},
+            values={":owner": {"S": owner}, ":until": _num(now + duration_s), ":now": _num(now)},
+        )
+
+    def release_lease(self, owner: str) -> bool:
+        """Give the lease up if `owner` holds it (the item stays, keeping its generation)."""
+        _check_owner(owner)
+        return self._conditional_update(
+            "ReleaseLease",
+            LEASE_PREFIX,
+            update="SET #until = :zero REMOVE #owner",
+            condition="#owner = :owner",
+            names={"#owner": "owner", "#until": "leaseUntil"},
+            values={":owner": {"S": owner}, ":zero": {"N": "0"}},
+        )
+
+    def get_lease(self) -> Lease | None:
+        """The current lease, expired or not (`Lease.is_held(now)` tells); None if nobody holds it."""
+        item = self._get("GetLease", LEASE_PREFIX)
+        if item is None or "owner" not in item:
+            return None
+        return Lease(
+            owner=_str(item, "owner"),
+            lease_until=_float(item.get("leaseUntil")) or 0.0,
+            renewed_at=_float(item.get("renewedAt")) or 0.0,
+            generation=_int(item["generation"]) if "generation" in item else 0,
+        )
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _get(self, operation: str, prefix: str) -> Mapping[str, Any] | None:
+        try:
+            response = self._ddb.get_item(
+                TableName=self._table, Key={"pk": {"S": self.key(prefix)}}, ConsistentRead=True
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(operation, exc) from exc
+        return response.get("Item")
+
+    def _conditional_update(
+        self,
+        operation: str,
+        prefix: str,
+        *,
+        update: str,
+        condition: str,
+        names: dict[str, str],
+        values: dict[str, UniversalAttributeValueTypeDef],
+    ) -> bool:
+        try:
+            self._ddb.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": self.key(prefix)}},
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if _code(exc) == _CONDITION_FAILED:
+                return False
+            raise self._error(operation, exc) from exc
+        except BotoCoreError as exc:
+            raise self._error(operation, exc) from exc
+        return True
+
+    def _error(self, operation: str, exc: ClientError | BotoCoreError) -> StateStoreError:
+        if isinstance(exc, ClientError):
+            code = _code(exc)
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            retryable = code in _RETRYABLE_CODES or status >= 500
+            detail = f"{code}: {exc.response.get('Error', {}).get('Message', '')}".rstrip(": ")
+        else:
+            code = type(exc).__name__
+            retryable = True  # connection-level: the endpoint may come back
+            detail = code
+        return StateStoreError(
+            f"DynamoDB {operation} on table {self._table} failed ({detail})",
+            operation=operation,
+            code=code,
+            retryable=retryable,
+        )
+
+
+def _check_owner(owner: str) -> None:
+    if not owner:
+        raise ValueError("owner must not be empty")
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "Unknown"))
+
+
+def _num(value: float) -> AttributeValueTypeDef:
+    return {"N": f"{value:.3f}"}
+
+
+def _int(value: Any) -> int:
+    text = str(value["N"])
+    return int(text) if text.lstrip("-").isdigit() else int(float(text))
+
+
+def _float(value: Any) -> float | None:
+    if value is None or "N" not in value:
+        return None
+    return float(value["N"])
+
+
+def _str(item: Mapping[str, Any], name: str) -> str:
+    value = item.get(name)
+    if value is None or "S" not in value:
+        return ""
+    return str(value["S"])
