@@ -11,13 +11,23 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from .errors import StartupError
 
+_E = TypeVar("_E", bound=Enum)
+
 
 class ConfigError(StartupError):
     """A setting is missing or malformed. `str(error)` is one line naming the variable."""
+
+
+class StartPosition(Enum):
+    """Where the stream starts when no checkpoint exists yet (`RELAY_START_POSITION`)."""
+
+    LATEST = "latest"  # offsetType highest: events from now on
+    EARLIEST = "earliest"  # the whole retention (7 days)
 
 
 class Need(Enum):
@@ -63,6 +73,8 @@ class Settings:
     bucket_name: str = ""
     aws_endpoint_url: str = ""
     aws_region: str = ""
+    start_position: StartPosition = StartPosition.LATEST
+    lease_seconds: float = 30.0
 
     @property
     def queue_is_fifo(self) -> bool:
@@ -106,6 +118,8 @@ class Settings:
             bucket_name=reader.pattern("RELAY_BUCKET_NAME", _BUCKET_NAME, "an S3 bucket name"),
             aws_endpoint_url=reader.url("AWS_ENDPOINT_URL", required=False, https_only=False),
             aws_region=reader.text("AWS_REGION") or reader.text("AWS_DEFAULT_REGION"),
+            start_position=reader.choice("RELAY_START_POSITION", StartPosition, StartPosition.LATEST),
+            lease_seconds=reader.number("RELAY_LEASE_SECONDS", default=30.0, low=3.0, high=600.0),
         )
         if Need.AWS in required and not settings.aws_region:
             raise ConfigError("AWS_REGION: missing (the AWS region of the queue and table, e.g. eu-west-1)")
@@ -130,6 +144,28 @@ class _Reader:
         if value and not regex.fullmatch(value):
             raise ConfigError(f"{name}: expected {expected} (got {value!r})")
         return value
+
+    def number(self, name: str, *, default: float, low: float, high: float) -> float:
+        raw = self.text(name)
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not low <= value <= high:
+            raise ConfigError(f"{name}: expected a number of seconds from {low:g} to {high:g} (got {raw!r})")
+        return value
+
+    def choice(self, name: str, kind: type[_E], default: _E) -> _E:
+        value = self.text(name).lower()
+        if not value:
+            return default
+        try:
+            return kind(value)
+        except ValueError:
+            allowed = ", ".join(str(member.value) for member in kind)
+            raise ConfigError(f"{name}: expected one of {allowed} (got {value!r})") from None
 
     def url(self, name: str, *, required: bool, https_only: bool) -> str:
         value = self.text(name, required=required)

@@ -1,0 +1,64 @@
+"""Wiring shared by the entry points: AWS clients and secrets from the settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .config import ConfigError, Settings
+
+# Standard retry mode: botocore retries throttling and 5xx with backoff before our own retries.
+BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=20)
+
+_SECRET_FIELDS = {"clientId": "client_id", "clientSecret": "client_secret", "appKey": "app_key"}
+
+
+def aws_client(settings: Settings, service: str) -> Any:
+    """A boto3 client honouring AWS_ENDPOINT_URL (moto locally) and AWS_REGION."""
+    session = boto3.session.Session(region_name=settings.aws_region or None)
+    return session.client(  # type: ignore[call-overload]
+        service, endpoint_url=settings.aws_endpoint_url or None, config=BOTO_CONFIG
+    )
+
+
+def resolve_secrets(settings: Settings) -> Settings:
+    """With OHIP_SECRET_ARN set, read clientId, clientSecret and appKey from Secrets Manager.
+
+    The secret is a JSON object with those three keys. Values already given in the environment win,
+    so that a local run can override one of them.
+    """
+    if not settings.secret_arn:
+        return settings
+    try:
+        raw = aws_client(settings, "secretsmanager").get_secret_value(SecretId=settings.secret_arn)[
+            "SecretString"
+        ]
+    except (BotoCoreError, ClientError) as exc:
+        raise ConfigError(f"OHIP_SECRET_ARN: cannot read the secret ({type(exc).__name__})") from exc
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError("OHIP_SECRET_ARN: the secret is not a JSON object") from exc
+    if not isinstance(data, dict):
+        raise ConfigError("OHIP_SECRET_ARN: the secret is not a JSON object")
+    values: dict[str, str] = {}
+    for key, attribute in _SECRET_FIELDS.items():
+        current: str = getattr(settings, attribute)
+        if current:
+            values[attribute] = current
+            continue
+        value = data.get(key)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"OHIP_SECRET_ARN: the secret has no {key!r} string")
+        values[attribute] = value
+    return dataclasses.replace(
+        settings,
+        client_id=values["client_id"],
+        client_secret=values["client_secret"],
+        app_key=values["app_key"],
+    )

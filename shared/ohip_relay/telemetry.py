@@ -1,0 +1,94 @@
+"""Metrics in CloudWatch Embedded Metric Format, through Powertools Metrics.
+
+The hot path only increments in-memory counters (`Telemetry.count`, `Telemetry.observe`); a flush
+(every few seconds in the stream consumer, once per invocation in Lambda) turns them into one EMF
+document. The metric names below are the contract with `template.yaml`'s alarms and dashboard: a
+test reads both and fails when an alarm watches a metric the code does not emit.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from enum import StrEnum
+
+from aws_lambda_powertools import Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+
+NAMESPACE = "OhipRelay"
+
+
+class Metric(StrEnum):
+    # stream consumer
+    EVENTS_RECEIVED = "EventsReceived"
+    EVENTS_PUBLISHED = "EventsPublished"
+    DUPLICATES_SKIPPED = "DuplicatesSkipped"
+    PUBLISH_ERRORS = "PublishErrors"
+    PUBLISH_RETRIES = "PublishRetries"
+    PUBLISH_LATENCY = "PublishLatency"
+    STREAM_LAG = "StreamLag"
+    RECONNECTS = "Reconnects"
+    CHECKPOINT_OFFSET = "CheckpointOffset"
+    STREAM_CONNECTED = "StreamConnected"
+    CLAIM_CHECKS = "ClaimChecks"
+
+
+_UNITS: dict[Metric, MetricUnit] = {
+    Metric.PUBLISH_LATENCY: MetricUnit.Milliseconds,
+    Metric.STREAM_LAG: MetricUnit.Seconds,
+    Metric.CHECKPOINT_OFFSET: MetricUnit.NoUnit,
+    Metric.STREAM_CONNECTED: MetricUnit.NoUnit,
+}
+
+
+class Telemetry:
+    """Counters and gauges aggregated in memory, written as EMF on `flush()`. Thread-safe."""
+
+    def __init__(self, service: str, *, namespace: str = NAMESPACE, metrics: Metrics | None = None) -> None:
+        self._metrics = metrics or Metrics(namespace=namespace, service=service)
+        self._lock = threading.Lock()
+        self._counts: defaultdict[tuple[Metric, str], float] = defaultdict(float)
+        self._gauges: dict[Metric, float] = {}
+        self._samples: defaultdict[Metric, list[float]] = defaultdict(list)
+
+    def count(self, metric: Metric, value: float = 1.0, *, close_code: str = "") -> None:
+        with self._lock:
+            self._counts[(metric, close_code)] += value
+
+    def gauge(self, metric: Metric, value: float) -> None:
+        with self._lock:
+            self._gauges[metric] = value
+
+    def observe(self, metric: Metric, value: float) -> None:
+        """A sample of a distribution (latency); the flush writes its maximum and average."""
+        with self._lock:
+            self._samples[metric].append(value)
+
+    def totals(self) -> dict[str, float]:
+        """Counters since the last flush, for logs and tests."""
+        with self._lock:
+            return {f"{m.value}{'.' + c if c else ''}": v for (m, c), v in self._counts.items()}
+
+    def flush(self) -> None:
+        with self._lock:
+            counts, self._counts = self._counts, defaultdict(float)
+            gauges, self._gauges = self._gauges, {}
+            samples, self._samples = self._samples, defaultdict(list)
+        if not (counts or gauges or samples):
+            return
+        by_code = {(m, c): v for (m, c), v in counts.items() if c}
+        for (metric, code), value in counts.items():
+            if not code:
+                self._metrics.add_metric(name=metric.value, unit=MetricUnit.Count, value=value)
+        for metric, value in gauges.items():
+            unit = _UNITS.get(metric, MetricUnit.NoUnit)
+            self._metrics.add_metric(name=metric.value, unit=unit, value=value)
+        for metric, values in samples.items():
+            unit = _UNITS.get(metric, MetricUnit.NoUnit)
+            self._metrics.add_metric(name=metric.value, unit=unit, value=max(values))
+        self._metrics.flush_metrics()
+        # Close codes as a dimension: one small document per code so the main one stays dimension-free.
+        for (metric, code), value in by_code.items():
+            self._metrics.add_dimension(name="CloseCode", value=code)
+            self._metrics.add_metric(name=metric.value, unit=MetricUnit.Count, value=value)
+            self._metrics.flush_metrics()
