@@ -31,6 +31,16 @@ class Metric(StrEnum):
     CHECKPOINT_OFFSET = "CheckpointOffset"
     STREAM_CONNECTED = "StreamConnected"
     CLAIM_CHECKS = "ClaimChecks"
+    # poll fallback
+    STREAM_HEALTHY = "StreamHealthy"  # 1 healthy, 0 unhealthy, as the fallback judged it
+    FALLBACK_ACTIVE = "FallbackActive"  # 1 while the fallback drains the Poll API
+    POLL_EVENTS_FETCHED = "PollEventsFetched"
+    POLL_EVENTS_PUBLISHED = "PollEventsPublished"
+    POLL_ERRORS = "PollErrors"
+    POLL_SPILLED = "PollEventsSpilled"  # fetched but not yet on the queue: parked for the next tick
+    MALFORMED_EVENTS = "MalformedEvents"
+    # both channels
+    DUPLICATES_SUPPRESSED = "DuplicatesSuppressed"  # the seen-set kept an event off the queue
 
 
 _UNITS: dict[Metric, MetricUnit] = {
@@ -38,6 +48,8 @@ _UNITS: dict[Metric, MetricUnit] = {
     Metric.STREAM_LAG: MetricUnit.Seconds,
     Metric.CHECKPOINT_OFFSET: MetricUnit.NoUnit,
     Metric.STREAM_CONNECTED: MetricUnit.NoUnit,
+    Metric.STREAM_HEALTHY: MetricUnit.NoUnit,
+    Metric.FALLBACK_ACTIVE: MetricUnit.NoUnit,
 }
 
 
