@@ -47,6 +47,8 @@ _EXTERNAL_SYSTEM = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+# OHIP keeps events 7 days: a seen-set entry must outlive any replay of its event.
+_OHIP_RETENTION_DAYS = 7.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,11 @@ class Settings:
     aws_region: str = ""
     start_position: StartPosition = StartPosition.LATEST
     lease_seconds: float = 30.0
+    health_stale_seconds: float = 30.0
+    health_grace_seconds: float = 60.0
+    health_recover_seconds: float = 120.0
+    seen_ttl_days: float = 8.0
+    poll_page_limit: int = 100
 
     @property
     def queue_is_fifo(self) -> bool:
@@ -120,6 +127,19 @@ class Settings:
             aws_region=reader.text("AWS_REGION") or reader.text("AWS_DEFAULT_REGION"),
             start_position=reader.choice("RELAY_START_POSITION", StartPosition, StartPosition.LATEST),
             lease_seconds=reader.number("RELAY_LEASE_SECONDS", default=30.0, low=3.0, high=600.0),
+            health_stale_seconds=reader.number(
+                "RELAY_HEALTH_STALE_SECONDS", default=30.0, low=1.0, high=3600.0
+            ),
+            health_grace_seconds=reader.number(
+                "RELAY_HEALTH_GRACE_SECONDS", default=60.0, low=0.0, high=3600.0
+            ),
+            health_recover_seconds=reader.number(
+                "RELAY_HEALTH_RECOVER_SECONDS", default=120.0, low=0.0, high=86400.0
+            ),
+            seen_ttl_days=reader.days(
+                "RELAY_SEEN_TTL_DAYS", default=8.0, above=_OHIP_RETENTION_DAYS, high=365.0
+            ),
+            poll_page_limit=reader.integer("RELAY_POLL_PAGE_LIMIT", default=100, low=1, high=100),
         )
         if Need.AWS in required and not settings.aws_region:
             raise ConfigError("AWS_REGION: missing (the AWS region of the queue and table, e.g. eu-west-1)")
@@ -156,6 +176,28 @@ class _Reader:
         if not low <= value <= high:
             raise ConfigError(f"{name}: expected a number of seconds from {low:g} to {high:g} (got {raw!r})")
         return value
+
+    def days(self, name: str, *, default: float, above: float, high: float) -> float:
+        raw = self.text(name)
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not above < value <= high:
+            raise ConfigError(
+                f"{name}: expected a number of days above {above:g} and at most {high:g} (got {raw!r})"
+            )
+        return value
+
+    def integer(self, name: str, *, default: int, low: int, high: int) -> int:
+        raw = self.text(name)
+        if not raw:
+            return default
+        if not re.fullmatch(r"[0-9]{1,9}", raw) or not low <= int(raw) <= high:
+            raise ConfigError(f"{name}: expected a whole number from {low} to {high} (got {raw!r})")
+        return int(raw)
 
     def choice(self, name: str, kind: type[_E], default: _E) -> _E:
         value = self.text(name).lower()

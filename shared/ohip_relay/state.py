@@ -31,6 +31,21 @@ Item layout (DynamoDB types in brackets; times are epoch seconds with millisecon
     ``generation`` [N]  incremented by every successful acquire: a fencing token that tells two
                         holders apart across time.
 
+``fallback#<chain>`` (written by the poll fallback, read by the stream consumer and `status`)
+    ``active`` [BOOL]   the fallback is publishing what it polls (else it drains and discards).
+    ``since`` [N]       when `active` last changed (absent before the first change).
+    ``healthySince`` [N]        while active: since when the stream has been judged healthy at
+                                every tick (hysteresis); absent otherwise.
+    ``streamDownSince`` [N]     since when the stream has been seen not `connected`; absent while
+                                it is connected.
+    ``lastTickAt`` [N], ``lastReason`` [S]      the last tick and its health verdict (free text).
+    ``lastPolledOccurredAt`` [N]        the newest `occurredAt` (epoch seconds) of any event the
+                                fallback has claimed for publishing: every event the fallback
+                                published or may still publish (from a spill) is at or before it.
+                                Only ever increases.
+    ``activations``, ``fetched``, ``published``, ``discarded``, ``spilled``, ``malformed``,
+    ``duplicates`` [N]  counters since the item was created.
+
 Guarantees: every write that can race is a conditional write evaluated by DynamoDB, so
 `advance_checkpoint` never moves the stored offset backward and, of two owners acquiring the lease at
 the same time, exactly one succeeds. A condition that does not hold is an ordinary `False` result.
@@ -45,7 +60,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +74,8 @@ if TYPE_CHECKING:
 CHECKPOINT_PREFIX = "checkpoint#"
 HEARTBEAT_PREFIX = "heartbeat#"
 LEASE_PREFIX = "lease#"
+FALLBACK_PREFIX = "fallback#"
+FALLBACK_COUNTERS = ("activations", "fetched", "published", "discarded", "spilled", "malformed", "duplicates")
 
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 _RETRYABLE_CODES = frozenset(
@@ -138,6 +156,28 @@ class Lease:
 
     def held_by(self, owner: str, now: float) -> bool:
         return self.owner == owner and self.is_held(now)
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackRecord:
+    """The poll fallback's own state (item `fallback#<chain>`, see the module docstring).
+
+    The stream consumer reads `last_polled_occurred_at`: a replayed stream event that occurred at or
+    before it may already have been published by the fallback (ask the seen-set); a later one
+    cannot have been.
+    """
+
+    active: bool = False
+    since: float | None = None
+    healthy_since: float | None = None
+    stream_down_since: float | None = None
+    last_tick_at: float | None = None
+    last_reason: str = ""
+    last_polled_occurred_at: datetime | None = None
+    counters: Mapping[str, int] = field(default_factory=dict)
+
+    def counter(self, name: str) -> int:
+        return int(self.counters.get(name, 0))
 
 
 class StateStore:
@@ -332,6 +372,114 @@ class StateStore:
             lease_until=_float(item.get("leaseUntil")) or 0.0,
             renewed_at=_float(item.get("renewedAt")) or 0.0,
             generation=_int(item["generation"]) if "generation" in item else 0,
+        )
+
+    # -- poll fallback ------------------------------------------------------------------------
+
+    def get_fallback(self) -> FallbackRecord | None:
+        """The poll fallback's state; None before its first tick."""
+        item = self._get("GetFallback", FALLBACK_PREFIX)
+        if item is None:
+            return None
+        mark = _float(item.get("lastPolledOccurredAt"))
+        active = item.get("active")
+        return FallbackRecord(
+            active=bool(active.get("BOOL")) if active is not None else False,
+            since=_float(item.get("since")),
+            healthy_since=_float(item.get("healthySince")),
+            stream_down_since=_float(item.get("streamDownSince")),
+            last_tick_at=_float(item.get("lastTickAt")),
+            last_reason=_str(item, "lastReason"),
+            last_polled_occurred_at=datetime.fromtimestamp(mark, UTC) if mark is not None else None,
+            counters={name: _int(item[name]) for name in FALLBACK_COUNTERS if name in item},
+        )
+
+    def save_fallback(
+        self, record: FallbackRecord, *, add: Mapping[str, int] | None = None, now: float | None = None
+    ) -> None:
+        """Write the fallback's decision fields (`active`, `since`, `healthy_since`,
+        `stream_down_since`, `last_reason`; `last_tick_at` is `now`) and add `add` to its counters.
+
+        `last_polled_occurred_at` and `counters` of `record` are ignored: the mark moves only through
+        `advance_fallback_mark`, counters only by addition (so overlapping ticks cannot undo each
+        other's counts).
+        """
+        written_at = time.time() if now is None else now
+        names = {
+            "#kind": "kind",
+            "#chain": "chain",
+            "#active": "active",
+            "#lastTickAt": "lastTickAt",
+            "#lastReason": "lastReason",
+        }
+        values: dict[str, UniversalAttributeValueTypeDef] = {
+            ":kind": {"S": "fallback"},
+            ":chain": {"S": self._chain},
+            ":active": {"BOOL": record.active},
+            ":now": _num(written_at),
+            ":reason": {"S": record.last_reason or "-"},
+        }
+        sets = [
+            "#kind = :kind",
+            "#chain = :chain",
+            "#active = :active",
+            "#lastTickAt = :now",
+            "#lastReason = :reason",
+        ]
+        removes: list[str] = []
+        for attribute, value in (
+            ("since", record.since),
+            ("healthySince", record.healthy_since),
+            ("streamDownSince", record.stream_down_since),
+        ):
+            names[f"#{attribute}"] = attribute
+            if value is None:
+                removes.append(f"#{attribute}")
+            else:
+                sets.append(f"#{attribute} = :{attribute}")
+                values[f":{attribute}"] = _num(value)
+        adds: list[str] = []
+        for name, amount in (add or {}).items():
+            if name not in FALLBACK_COUNTERS:
+                raise ValueError(f"unknown fallback counter {name!r}")
+            if amount:
+                names[f"#{name}"] = name
+                values[f":{name}"] = {"N": str(int(amount))}
+                adds.append(f"#{name} :{name}")
+        update = "SET " + ", ".join(sets)
+        if removes:
+            update += " REMOVE " + ", ".join(removes)
+        if adds:
+            update += " ADD " + ", ".join(adds)
+        try:
+            self._ddb.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": self.key(FALLBACK_PREFIX)}},
+                UpdateExpression=update,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("SaveFallback", exc) from exc
+
+    def advance_fallback_mark(self, occurred_at: datetime) -> bool:
+        """Raise `last_polled_occurred_at` to `occurred_at` if that is later; False otherwise.
+
+        Decided by DynamoDB (a conditional write), so the mark never moves backward.
+        """
+        if occurred_at.tzinfo is None:
+            raise ValueError("occurred_at must be timezone-aware")
+        return self._conditional_update(
+            "AdvanceFallbackMark",
+            FALLBACK_PREFIX,
+            update="SET #mark = :mark, #kind = :kind, #chain = :chain",
+            condition="attribute_not_exists(#mark) OR #mark < :mark",
+            names={"#mark": "lastPolledOccurredAt", "#kind": "kind", "#chain": "chain"},
+            values={
+                ":mark": _num(occurred_at.timestamp()),
+                ":kind": {"S": "fallback"},
+                ":chain": {"S": self._chain},
+            },
         )
 
     # -- plumbing -----------------------------------------------------------------------------
