@@ -12,7 +12,7 @@ import threading
 from collections import defaultdict
 from enum import StrEnum
 
-from aws_lambda_powertools import Metrics
+from aws_lambda_powertools import Metrics, single_metric
 from aws_lambda_powertools.metrics import MetricUnit
 
 NAMESPACE = "OhipRelay"
@@ -58,6 +58,8 @@ class Telemetry:
 
     def __init__(self, service: str, *, namespace: str = NAMESPACE, metrics: Metrics | None = None) -> None:
         self._metrics = metrics or Metrics(namespace=namespace, service=service)
+        self._namespace = namespace
+        self._service = service
         self._lock = threading.Lock()
         self._counts: defaultdict[tuple[Metric, str], float] = defaultdict(float)
         self._gauges: dict[Metric, float] = {}
@@ -88,10 +90,11 @@ class Telemetry:
             samples, self._samples = self._samples, defaultdict(list)
         if not (counts or gauges or samples):
             return
-        by_code = {(m, c): v for (m, c), v in counts.items() if c}
-        for (metric, code), value in counts.items():
-            if not code:
-                self._metrics.add_metric(name=metric.value, unit=MetricUnit.Count, value=value)
+        totals: defaultdict[Metric, float] = defaultdict(float)
+        for (metric, _code), value in counts.items():
+            totals[metric] += value
+        for metric, value in totals.items():
+            self._metrics.add_metric(name=metric.value, unit=MetricUnit.Count, value=value)
         for metric, value in gauges.items():
             unit = _UNITS.get(metric, MetricUnit.NoUnit)
             self._metrics.add_metric(name=metric.value, unit=unit, value=value)
@@ -99,8 +102,16 @@ class Telemetry:
             unit = _UNITS.get(metric, MetricUnit.NoUnit)
             self._metrics.add_metric(name=metric.value, unit=unit, value=max(values))
         self._metrics.flush_metrics()
-        # Close codes as a dimension: one small document per code so the main one stays dimension-free.
-        for (metric, code), value in by_code.items():
-            self._metrics.add_dimension(name="CloseCode", value=code)
-            self._metrics.add_metric(name=metric.value, unit=MetricUnit.Count, value=value)
-            self._metrics.flush_metrics()
+        # The same counts by close code, one small document each (dimensions service + CloseCode),
+        # so that the main document stays dimension-free apart from the service.
+        for (metric, code), value in counts.items():
+            if not code:
+                continue
+            with single_metric(
+                name=metric.value,
+                unit=MetricUnit.Count,
+                value=value,
+                namespace=self._namespace,
+                default_dimensions={"service": self._service},
+            ) as one:
+                one.add_dimension(name="CloseCode", value=code)

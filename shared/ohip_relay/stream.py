@@ -1,0 +1,725 @@
+"""The stream consumer: the asyncio session that drives the sans-I/O protocol over `websockets`.
+
+`StreamConsumer.run()` is the life of the Fargate task:
+
+1. take the DynamoDB lease (one connection per OHIP application and chain, always: a second task,
+   for example during a deployment, stands by here and writes a `standby` heartbeat);
+2. connect, `connection_init`, subscribe from the checkpoint (replay is inclusive: the protocol
+   core reports the already-published first event as a duplicate), read `next` frames, normalise
+   them and hand them to the SQS publisher. The publisher blocks when its buffer is full, so the
+   consumer stops reading and TCP pushes back on the server;
+3. every second write the checkpoint: the offset below which SQS acknowledged every event; every
+   few seconds the heartbeat (read by the poll fallback and by `ohip-relay status`);
+4. on a close, log the code and the checkpoint, classify the code (4401: drop the token; 4403:
+   alarm, retry slowly; 4409: wait out the lockout), back off with jitter, let every event already
+   handed to the publisher be acknowledged, and reconnect from the checkpoint;
+5. on SIGTERM: `complete`, read what the server still sends until it closes the socket, flush,
+   checkpoint, release the lease, exit 0.
+
+Losing the lease stops consumption at once (the socket is closed, nothing more is submitted); the
+task goes back to standby. With no checkpoint yet (first start), `RELAY_START_POSITION` decides:
+`latest` (default) subscribes with `offsetType: highest`, `earliest` replays the whole retention;
+either way the offset before the first event received is stored at once, so a crash before the
+first checkpoint cannot skip anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.typing import Subprotocol
+
+from . import protocol as proto
+from .auth import AsyncTokenProvider, AuthError, OAuthParams, Token
+from .backoff import Backoff, CloseKind, CloseOutcome, classify_close
+from .config import Settings, StartPosition
+from .events import CanonicalEvent, MalformedEvent, from_stream
+from .publish import OutboundMessage, PublisherConfig, PublishFailure, SqsPublisher
+from .seen import SeenSet
+from .state import Heartbeat, StateStore, StreamState
+from .telemetry import Metric, Telemetry
+from .watermark import OffsetWatermark
+
+log = logging.getLogger("ohip_relay.stream")
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """Tunables of the consumer. Defaults follow the documented protocol rules."""
+
+    ping_interval: float = proto.DEFAULT_PING_INTERVAL
+    liveness_timeout: float = proto.DEFAULT_LIVENESS_TIMEOUT
+    ack_timeout: float = proto.DEFAULT_ACK_TIMEOUT
+    drain_timeout: float = 20.0
+    checkpoint_interval: float = 1.0
+    heartbeat_interval: float = 5.0
+    metrics_interval: float = 10.0
+    token_check_interval: float = 60.0
+    rotate_before_expiry: float = 120.0
+    lease_duration: float = 30.0
+    lease_renew_interval: float = 10.0
+    open_timeout: float = 10.0
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    max_in_flight: int = 1000
+    max_frame_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.lease_renew_interval * 2 >= self.lease_duration:
+            raise ValueError("lease_renew_interval must be under half the lease_duration")
+
+
+class PublishFailed(Exception):
+    """SQS refused an event for good: stop rather than move the checkpoint past it."""
+
+
+def default_owner() -> str:
+    """Who holds the lease: host name and process id, readable in `ohip-relay status`."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class StreamConsumer:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        publisher: SqsPublisher,
+        state: StateStore,
+        tokens: AsyncTokenProvider,
+        telemetry: Telemetry,
+        options: StreamOptions | None = None,
+        owner: str | None = None,
+        rng: random.Random | None = None,
+        seen: SeenSet | None = None,
+    ) -> None:
+        self.settings = settings
+        self.seen = seen
+        self.options = options or StreamOptions()
+        self.publisher = publisher
+        self.state = state
+        self.tokens = tokens
+        self.telemetry = telemetry
+        self.owner = owner or default_owner()
+        self.rng = rng or random.Random()
+        self.url = proto.stream_url(settings.gateway_url, settings.app_key)
+
+        self.status = StreamState.CONNECTING
+        self.watermark = OffsetWatermark(None)
+        self.checkpointed: int | None = None  # what DynamoDB holds (as far as we know)
+        self.last_frame_at: float | None = None
+        self.last_event_at: float | None = None
+        self.last_offset: int | None = None
+        self.lag_seconds: float | None = None
+        self.failure: PublishFailure | None = None
+        self.exit_status = 0
+        self.last_outcome: CloseOutcome | None = None
+        self.next_delay: float | None = None  # seconds until the next connection attempt
+        self.connections = 0
+
+        self.holding_lease = False
+        self._retried_reported = 0
+        self.fallback_mark: datetime | None = None  # see _refresh_fallback_mark
+        self._stop = asyncio.Event()
+        self._lease_lost = asyncio.Event()
+        self._wake = asyncio.Event()  # set with either of the two above
+        self._last_complete_at: float | None = None  # loop clock
+
+    # -- public -----------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """SIGTERM/SIGINT: finish cleanly (complete, drain, flush, checkpoint, release)."""
+        if not self._stop.is_set():
+            log.info("stop requested: completing the subscription and draining")
+        self._stop.set()
+        self._wake.set()
+
+    def on_published(self, ack_token: Any) -> None:
+        """Publisher callback: SQS acknowledged the event at this offset."""
+        offset = int(ack_token)
+        if self.watermark.is_pending(offset):
+            self.watermark.ack(offset)
+        self.telemetry.count(Metric.EVENTS_PUBLISHED)
+
+    def on_publish_failure(self, failure: PublishFailure) -> None:
+        """Publisher callback: an event cannot be put on the queue. The checkpoint stays below it;
+        the consumer stops (exit 1) so that a human looks, and a restart replays it."""
+        log.error(
+            "SQS refused the event at offset %s for good (%s: %s); stopping so it is not skipped",
+            failure.ack_token,
+            failure.code,
+            failure.reason,
+        )
+        self.telemetry.count(Metric.PUBLISH_ERRORS)
+        self.failure = failure
+        self.exit_status = 1
+        self.request_stop()
+
+    async def run(self) -> int:
+        """Run until `request_stop()`; returns the process exit status."""
+        checkpoint = await asyncio.to_thread(self.state.get_checkpoint)
+        self.checkpointed = checkpoint.offset if checkpoint else None
+        self.watermark = OffsetWatermark(self.checkpointed)
+        background = [
+            asyncio.create_task(self._every(self.options.checkpoint_interval, self._write_checkpoint)),
+            asyncio.create_task(self._every(self.options.heartbeat_interval, self._write_heartbeat)),
+            asyncio.create_task(self._every(self.options.metrics_interval, self._flush_metrics)),
+            asyncio.create_task(self._every(self.options.token_check_interval, self._refresh_token)),
+        ]
+        try:
+            while not self._stop.is_set():
+                if not await self._acquire_lease():
+                    break
+                await self._take_over()
+                keeper = asyncio.create_task(self._lease_keeper())
+                try:
+                    await self._connection_loop()
+                finally:
+                    keeper.cancel()
+                    await asyncio.gather(keeper, return_exceptions=True)
+                if self._lease_lost.is_set() and not self._stop.is_set():
+                    log.error("lease lost: another task holds the stream now; standing by")
+                    await self._settle_publisher()
+                    self._lease_lost.clear()
+                    self._wake.clear()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self._shutdown()
+        return self.exit_status
+
+    # -- the connection loop ----------------------------------------------------------------
+
+    async def _connection_loop(self) -> None:
+        backoff = Backoff(self.options.backoff_base, self.options.backoff_cap, rng=self.rng)
+        loop = asyncio.get_running_loop()
+        while not self._stopping():
+            gap = proto.resubscribe_at(self._last_complete_at, loop.time()) - loop.time()
+            if gap > 0:
+                log.info("waiting %.1fs before subscribing again (10 s after a complete)", gap)
+                await self._sleep(gap)
+                continue
+            self.status = StreamState.CONNECTING
+            self.next_delay = None
+            outcome, healthy_for = await self._one_connection()
+            self.last_outcome = outcome
+            # Every event handed to the publisher is acknowledged before the next subscribe, so
+            # that the next connection replays from a checkpoint that covers them.
+            await self._settle_publisher()
+            if self._stopping():
+                return
+            if outcome.expected:
+                # A planned rotation (new token): the gap after `complete` is waited above.
+                log.info("connection rotated at checkpoint %s", self.checkpointed)
+                continue
+            self.telemetry.count(Metric.RECONNECTS, close_code=str(outcome.code))
+            if outcome.renew_token:
+                self.tokens.invalidate()
+            delay = backoff.next_delay(outcome, healthy_for=healthy_for)
+            self.next_delay = delay
+            report = log.error if outcome.alarm else log.warning
+            report(
+                "stream closed (code %s: %s%s); checkpoint %s; reconnecting in %.1fs",
+                outcome.code,
+                outcome.reason,
+                f"; server said {outcome.peer_reason!r}" if outcome.peer_reason else "",
+                self.checkpointed,
+                delay,
+            )
+            self.status = StreamState.BACKOFF
+            await self._sleep(delay)
+
+    async def _one_connection(self) -> tuple[CloseOutcome, float | None]:
+        try:
+            token = await self.tokens.get()
+        except AuthError as exc:
+            log.error("cannot get an OAuth token: %s", exc)
+            return CloseOutcome.for_auth_failure(permanent=exc.permanent), None
+        core = proto.StreamProtocol(
+            token=token.access_token,
+            app_key=self.settings.app_key,
+            ping_interval=self.options.ping_interval,
+            liveness_timeout=self.options.liveness_timeout,
+            ack_timeout=self.options.ack_timeout,
+            drain_timeout=self.options.drain_timeout,
+            last_complete_at=self._last_complete_at,
+        )
+        try:
+            async with connect(
+                self.url,
+                subprotocols=[Subprotocol(proto.SUBPROTOCOL)],
+                ping_interval=None,  # liveness is the protocol's own ping/pong, not WebSocket pings
+                open_timeout=self.options.open_timeout,
+                close_timeout=2.0,
+                max_size=self.options.max_frame_bytes,
+                max_queue=64,
+            ) as ws:
+                self.connections += 1
+                try:
+                    closed = await self._drive(ws, core, self._rotation_due(token))
+                finally:
+                    if core.last_complete_at is not None:
+                        self._last_complete_at = core.last_complete_at
+                    self.telemetry.gauge(Metric.STREAM_CONNECTED, 0)
+                return closed.outcome, closed.connected_for
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            log.error("the gateway refused the WebSocket handshake with HTTP %s", status)
+            return CloseOutcome.for_handshake_status(status), None
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            log.warning("cannot connect to the streaming endpoint: %s", type(exc).__name__)
+            return classify_close(None, "connect failed"), None
+
+    def _rotation_due(self, token: Token) -> float:
+        """Loop time at which this connection is rotated because its token is about to expire.
+
+        The gateway checks the token when a connection starts; a connection that outlives its token
+        may be closed with 4401 at any moment. Rotating first follows the documented stop rules
+        (complete, read until the server closes, wait 10 s, subscribe again from the checkpoint),
+        so nothing is lost and no 4401 is needed. The provider has a new token ready by then.
+        """
+        life = token.expires_at - token.issued_at
+        rotate_at = token.expires_at - min(self.options.rotate_before_expiry, life / 4)
+        loop = asyncio.get_running_loop()
+        return loop.time() + max(0.0, rotate_at - time.time())
+
+    async def _drive(
+        self, ws: ClientConnection, core: proto.StreamProtocol, rotate_at: float
+    ) -> proto.Closed:
+        loop = asyncio.get_running_loop()
+        core.start(loop.time())
+        await self._send(ws, core)
+        recv: asyncio.Task[str | bytes] | None = None
+        wake = asyncio.create_task(self._wake.wait())
+        completing = False
+        try:
+            while True:
+                if recv is None:
+                    recv = asyncio.create_task(ws.recv())
+                deadline = core.next_deadline()
+                if not completing:
+                    deadline = rotate_at if deadline is None else min(deadline, rotate_at)
+                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                waiters: set[asyncio.Future[Any]] = {recv} if completing else {recv, wake}
+                done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                now = loop.time()
+                if self._lease_lost.is_set():
+                    recv.cancel()
+                    await ws.close(code=1000, reason="lease lost")
+                    return core.connection_closed(1000, "lease lost", now)
+                rotating = now >= rotate_at and core.state is proto.State.SUBSCRIBED
+                if (self._stop.is_set() or rotating) and not completing:
+                    completing = True
+                    if core.subscription_id is not None and core.state is proto.State.SUBSCRIBED:
+                        self.status = StreamState.DRAINING
+                        core.send_complete(now)
+                        await self._send(ws, core)
+                        why = (
+                            "the OAuth token expires soon"
+                            if rotating and not self._stop.is_set()
+                            else "stopping"
+                        )
+                        log.info(
+                            "%s: sent complete; reading what the server still sends until it closes", why
+                        )
+                    else:
+                        recv.cancel()
+                        await ws.close()
+                        return core.connection_closed(1000, "stopped before subscribing", now)
+                events: list[proto.Event] = []
+                if recv in done:
+                    try:
+                        frame = recv.result()
+                    except ConnectionClosed as exc:
+                        code = exc.rcvd.code if exc.rcvd is not None else None
+                        reason = exc.rcvd.reason if exc.rcvd is not None else ""
+                        return self._log_closed(core.connection_closed(code, reason, now))
+                    recv = None
+                    self.last_frame_at = time.time()
+                    events.extend(core.receive(frame, now))
+                events.extend(core.tick(now))
+                for event in events:
+                    terminal = await self._on_event(ws, core, event, now)
+                    if terminal is not None:
+                        if recv is not None:
+                            recv.cancel()
+                        await ws.close(code=terminal[0], reason=terminal[1])
+                        return self._log_closed(core.connection_closed(terminal[0], terminal[1], now))
+                await self._send(ws, core)
+        finally:
+            for task in (recv, wake):
+                if task is not None:
+                    task.cancel()
+
+    async def _on_event(
+        self, ws: ClientConnection, core: proto.StreamProtocol, event: proto.Event, now: float
+    ) -> tuple[int, str] | None:
+        """Act on one protocol event; returns (close code, reason) when the connection must end."""
+        if isinstance(event, proto.EventReceived):
+            await self._publish(event)
+        elif isinstance(event, proto.DuplicateSkipped):
+            self.telemetry.count(Metric.DUPLICATES_SKIPPED)
+        elif isinstance(event, proto.ConnectionAcked):
+            self._subscribe(core, now)
+            self.status = StreamState.CONNECTED
+            self.telemetry.gauge(Metric.STREAM_CONNECTED, 1)
+        elif isinstance(event, proto.SubscriptionError):
+            log.error("the server rejected the subscription: %s", event.summary())
+            if event.terminal:
+                return 4400, "subscription rejected"
+        elif isinstance(event, proto.SubscriptionCompleted) and not event.after_client_complete:
+            log.warning("the server completed the subscription; reconnecting from the checkpoint")
+            return 1000, "subscription completed by the server"
+        elif isinstance(event, proto.ProtocolViolation):
+            log.error("protocol violation by the server: %s", event.reason)
+            return event.close_code, "protocol violation"
+        elif isinstance(event, proto.ConnectionDead):
+            log.warning("%s: dropping the connection", event.reason)
+            return event.close_code, "timeout"
+        return None
+
+    def _subscribe(self, core: proto.StreamProtocol, now: float) -> None:
+        chain = self.settings.chain_code
+        if self.watermark.pending:
+            # Only after a flush that did not finish: start over from what is surely published.
+            log.warning("%s events still unacknowledged; replaying them", self.watermark.pending)
+            self.watermark = OffsetWatermark(self.watermark.value)
+        resume_after = self.watermark.value
+        if resume_after is not None:
+            core.send_subscribe(proto.SubscriptionInput(chain), now, resume_after=resume_after)
+            log.info(
+                "subscribed to chain %s from offset %s (inclusive, already published)", chain, resume_after
+            )
+        elif self.settings.start_position is StartPosition.EARLIEST:
+            core.send_subscribe(proto.SubscriptionInput(chain, offset="0"), now)
+            log.info("no checkpoint: subscribed to chain %s from the oldest retained event", chain)
+        else:
+            core.send_subscribe(proto.SubscriptionInput(chain, offset_type="highest"), now)
+            log.info(
+                "no checkpoint: subscribed to chain %s from the newest event (offsetType highest)", chain
+            )
+
+    async def _publish(self, event: proto.EventReceived) -> None:
+        self.telemetry.count(Metric.EVENTS_RECEIVED)
+        if self.watermark.value is None:
+            # First event ever: anchor the checkpoint just below it, so that a crash before the
+            # first acknowledgement replays from here instead of subscribing to "highest" again.
+            anchor = max(0, event.offset - 1)
+            await asyncio.to_thread(self.state.advance_checkpoint, anchor, self.owner)
+            self.watermark = OffsetWatermark(anchor)
+            self.checkpointed = anchor
+            log.info("first event at offset %s: checkpoint anchored at %s", event.offset, anchor)
+        self.watermark.track(event.offset)
+        self.last_offset = event.offset
+        self.last_event_at = time.time()
+        try:
+            canonical = from_stream(event.new_event, self.settings.chain_code, datetime.now(UTC))
+        except MalformedEvent as exc:
+            # Cannot be represented in the public format: reported and skipped (the checkpoint may
+            # pass it; replaying it would fail the same way).
+            log.error("skipping malformed event at offset %s: %s", event.offset, exc)
+            self.telemetry.count(Metric.PUBLISH_ERRORS)
+            self.watermark.ack(event.offset)
+            return
+        if await self._published_by_fallback(canonical):
+            self.telemetry.count(Metric.DUPLICATES_SUPPRESSED)
+            self.watermark.ack(event.offset)
+            return
+        self.lag_seconds = max(0.0, time.time() - canonical.occurred_at.timestamp())
+        self.telemetry.gauge(Metric.STREAM_LAG, self.lag_seconds)
+        await self.publisher.submit(
+            OutboundMessage(
+                body=canonical.to_json(),
+                attributes={k: v["StringValue"] for k, v in canonical.message_attributes().items()},
+                group_id=canonical.message_group_id(),
+                dedup_id=canonical.deduplication_id(),
+                ack_token=event.offset,
+            )
+        )
+
+    async def _published_by_fallback(self, event: CanonicalEvent) -> bool:
+        """Whether the poll fallback already put this event on the queue.
+
+        Only events that occurred at or before the newest event the fallback published can have
+        come through it, so the seen-set is asked only for those: after an outage, while the
+        replay passes the fallback's window. The rest of the time this costs nothing.
+        """
+        mark = self.fallback_mark
+        # Compared to the second: the Poll API's createdDateTime has no sub-second part.
+        if self.seen is None or mark is None or event.occurred_at.replace(microsecond=0) > mark:
+            return False
+        try:
+            hits = await asyncio.to_thread(self.seen.contains, [event.event_key])
+        except Exception as exc:
+            log.warning("seen-set unavailable (%s): publishing (a duplicate at worst)", type(exc).__name__)
+            return False
+        return event.event_key in hits
+
+    async def _refresh_fallback_mark(self) -> None:
+        try:
+            record = await asyncio.to_thread(self.state.get_fallback)
+        except Exception as exc:
+            log.warning("cannot read the fallback state (%s)", type(exc).__name__)
+            return
+        self.fallback_mark = record.last_polled_occurred_at if record else None
+
+    def _log_closed(self, closed: proto.Closed) -> proto.Closed:
+        if closed.outcome.kind is CloseKind.EXPECTED:
+            log.info("the server closed the stream after our complete (last offset %s)", closed.last_offset)
+        return closed
+
+    @staticmethod
+    async def _send(ws: ClientConnection, core: proto.StreamProtocol) -> None:
+        for frame in core.data_to_send():
+            await ws.send(frame)
+
+    # -- lease ------------------------------------------------------------------------------
+
+    async def _acquire_lease(self) -> bool:
+        """Wait until this task holds the lease; False when stopped first."""
+        announced = False
+        while not self._stop.is_set():
+            try:
+                acquired = await asyncio.to_thread(
+                    self.state.acquire_lease, self.owner, self.options.lease_duration, time.time()
+                )
+            except Exception as exc:
+                log.warning("cannot read the lease (%s); trying again", type(exc).__name__)
+                acquired = False
+            if acquired:
+                log.info("lease acquired by %s", self.owner)
+                self.holding_lease = True
+                return True
+            if not announced:
+                lease = await asyncio.to_thread(self.state.get_lease)
+                log.info("another task holds the stream (%s); standing by", lease.owner if lease else "?")
+                announced = True
+            self.status = StreamState.STANDBY
+            await self._sleep(self.options.lease_renew_interval)
+        return False
+
+    async def _take_over(self) -> None:
+        """Just after acquiring the lease: continue from where the previous holder stopped.
+
+        Another task may have moved the checkpoint while this one stood by, and may have sent a
+        `complete` less than 10 s ago (the gap before the next subscribe is per application and
+        chain, not per task); its final heartbeat says when it stopped.
+        """
+        await self._refresh_fallback_mark()
+        checkpoint = await asyncio.to_thread(self.state.get_checkpoint)
+        current = self.watermark.value
+        if checkpoint is not None and (current is None or checkpoint.offset > current):
+            if self.watermark.pending:
+                await self._settle_publisher()
+            self.watermark = OffsetWatermark(checkpoint.offset)
+            self.checkpointed = checkpoint.offset
+        heartbeat = await asyncio.to_thread(self.state.get_heartbeat)
+        if (
+            heartbeat is not None
+            and heartbeat.owner != self.owner
+            and heartbeat.state in (StreamState.DRAINING, StreamState.STOPPED)
+        ):
+            loop = asyncio.get_running_loop()
+            completed_at = loop.time() - max(0.0, time.time() - heartbeat.updated_at)
+            if self._last_complete_at is None or completed_at > self._last_complete_at:
+                self._last_complete_at = completed_at
+
+    async def _lease_keeper(self) -> None:
+        held_until = time.time() + self.options.lease_duration
+        while True:
+            await asyncio.sleep(self.options.lease_renew_interval)
+            now = time.time()
+            try:
+                ok = await asyncio.to_thread(
+                    self.state.renew_lease, self.owner, self.options.lease_duration, now
+                )
+            except Exception as exc:
+                # Cannot tell: keep going while the lease we hold is surely still ours.
+                ok = None
+                log.warning("cannot renew the lease (%s)", type(exc).__name__)
+            if ok:
+                held_until = now + self.options.lease_duration
+                continue
+            if ok is False or time.time() >= held_until - self.options.lease_renew_interval:
+                self.holding_lease = False
+                self._lease_lost.set()
+                self._wake.set()
+                return
+
+    # -- checkpoint, heartbeat, metrics, token ----------------------------------------------
+
+    async def _every(self, interval: float, action: Callable[[], Any]) -> None:
+        while True:
+            try:
+                await action()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s failed; trying again in %.0fs", action.__name__.strip("_"), interval)
+            await asyncio.sleep(interval)
+
+    async def _write_checkpoint(self) -> None:
+        value = self.watermark.value
+        if value is None or (self.checkpointed is not None and value <= self.checkpointed):
+            return
+        await asyncio.to_thread(self.state.advance_checkpoint, value, self.owner)
+        self.checkpointed = value
+        self.telemetry.gauge(Metric.CHECKPOINT_OFFSET, value)
+
+    async def _write_heartbeat(self) -> None:
+        """The heartbeat item belongs to the lease holder: a task on standby writes nothing (it
+        would overwrite the active task's report and could switch the fallback on)."""
+        if not self.holding_lease:
+            return
+        await self._refresh_fallback_mark()
+        heartbeat = Heartbeat(
+            state=self.status,
+            owner=self.owner,
+            updated_at=time.time(),
+            last_frame_at=self.last_frame_at,
+            last_event_at=self.last_event_at,
+            last_offset=self.last_offset,
+            checkpoint=self.checkpointed,
+            lag_seconds=self.lag_seconds,
+            detail=self._detail(),
+        )
+        await asyncio.to_thread(self.state.put_heartbeat, heartbeat)
+
+    def _detail(self) -> str | None:
+        outcome = self.last_outcome
+        if outcome is None:
+            return None
+        text = f"last close {outcome.code}: {outcome.reason}"
+        if self.status is StreamState.BACKOFF and self.next_delay is not None:
+            text += f"; reconnecting within {self.next_delay:.0f}s"
+        return text
+
+    async def _flush_metrics(self) -> None:
+        for sample in self.publisher.take_latency_samples():
+            self.telemetry.observe(Metric.PUBLISH_LATENCY, sample)
+        retried = self.publisher.stats.retried
+        if retried > self._retried_reported:
+            self.telemetry.count(Metric.PUBLISH_RETRIES, retried - self._retried_reported)
+            self._retried_reported = retried
+        self.telemetry.flush()
+
+    async def _refresh_token(self) -> None:
+        """Renew the OAuth token ahead of its expiry, so a reconnect never waits for one."""
+        await self.tokens.get()
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    async def _settle_publisher(self) -> None:
+        try:
+            await self.publisher.flush()
+        except Exception:
+            log.exception("flushing the publisher failed; unacknowledged events will be replayed")
+
+    async def _shutdown(self) -> None:
+        await self._settle_publisher()
+        try:
+            await self._write_checkpoint()
+        except Exception:
+            log.exception("final checkpoint write failed; the next start replays from %s", self.checkpointed)
+        self.status = StreamState.FAILED if self.exit_status else StreamState.STOPPED
+        with contextlib.suppress(Exception):
+            await self._write_heartbeat()
+        if self.holding_lease:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.state.release_lease, self.owner)
+            self.holding_lease = False
+        with contextlib.suppress(Exception):
+            await self._flush_metrics()
+        log.info("stopped at checkpoint %s", self.checkpointed)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or self._lease_lost.is_set()
+
+    async def _sleep(self, seconds: float) -> None:
+        """A pause that ends early on stop or lease loss."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+
+
+def oauth_params(settings: Settings) -> OAuthParams:
+    return OAuthParams(
+        gateway_url=settings.gateway_url,
+        client_id=settings.client_id,
+        client_secret=settings.client_secret,
+        app_key=settings.app_key,
+        enterprise_id=settings.enterprise_id,
+        scope=settings.oauth_scope,
+    )
+
+
+def options_for(settings: Settings) -> StreamOptions:
+    return StreamOptions(
+        lease_duration=settings.lease_seconds, lease_renew_interval=settings.lease_seconds / 3
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_consumer(
+    settings: Settings, options: StreamOptions | None = None, *, owner: str | None = None
+) -> AsyncIterator[StreamConsumer]:
+    """A consumer wired to SQS, DynamoDB and the OAuth endpoint from the settings; its publisher is
+    started on entry and closed on exit."""
+    from .runtime import aws_client
+
+    opts = options or options_for(settings)
+    holder: list[StreamConsumer] = []
+    publisher = SqsPublisher(
+        aws_client(settings, "sqs"),
+        settings.queue_url,
+        on_ack=lambda token: holder[0].on_published(token),
+        on_failure=lambda failure: holder[0].on_publish_failure(failure),
+        config=PublisherConfig(
+            max_buffered=opts.max_in_flight,
+            claim_check_bucket=settings.bucket_name or None,
+        ),
+        s3_client=aws_client(settings, "s3") if settings.bucket_name else None,
+    )
+    dynamodb = aws_client(settings, "dynamodb")
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as http:
+        consumer = StreamConsumer(
+            settings,
+            publisher=publisher,
+            state=StateStore(dynamodb, settings.table_name, settings.chain_code),
+            tokens=AsyncTokenProvider(oauth_params(settings), http, clock=time.time),
+            telemetry=Telemetry(service="stream"),
+            options=opts,
+            owner=owner,
+            seen=SeenSet(dynamodb, settings.table_name, ttl_days=settings.seen_ttl_days),
+        )
+        holder.append(consumer)
+        await publisher.start()
+        try:
+            yield consumer
+        finally:
+            await publisher.close(drain_timeout=5.0)
+
+
+async def run_stream(settings: Settings, options: StreamOptions | None = None) -> int:
+    """Run the consumer until SIGTERM/SIGINT; returns the exit status."""
+    import signal
+
+    async with open_consumer(settings, options) as consumer:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, consumer.request_stop)
+        return await consumer.run()
