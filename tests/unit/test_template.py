@@ -1,0 +1,388 @@
+"""template.yaml keeps the promises the issue and the README make about the deployed stack.
+
+The alarms and the dashboard may only watch metrics the code emits: every OhipRelay metric named in
+the template must be a value of `ohip_relay.telemetry.Metric`, with the `service` dimension that
+Powertools Metrics adds ("stream" for the Fargate task, "poll" for the poll Lambda).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from ohip_local.aws import load_template
+from ohip_relay.telemetry import NAMESPACE, Metric
+
+from ..conftest import TEMPLATE
+
+SERVICES = {"stream", "poll"}
+METRIC_NAMES = {m.value for m in Metric}
+
+# Which metric (namespace, name) each required alarm watches, and on which dimension values.
+REQUIRED_ALARMS: dict[str, tuple[str, str, dict[str, str]]] = {
+    "StreamUnhealthyAlarm": (NAMESPACE, "StreamHealthy", {"service": "poll"}),
+    "FallbackActiveAlarm": (NAMESPACE, "FallbackActive", {"service": "poll"}),
+    "DeadLetterQueueNotEmptyAlarm": ("AWS/SQS", "ApproximateNumberOfMessagesVisible", {}),
+    "OldestMessageAgeAlarm": ("AWS/SQS", "ApproximateAgeOfOldestMessage", {}),
+    "PublishErrorsAlarm": (NAMESPACE, "PublishErrors", {"service": "stream"}),
+    "PollErrorsAlarm": (NAMESPACE, "PollErrors", {"service": "poll"}),
+    "PollFunctionErrorsAlarm": ("AWS/Lambda", "Errors", {}),
+    "NoRunningTaskAlarm": ("ECS/ContainerInsights", "RunningTaskCount", {}),
+}
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load_template(TEMPLATE)
+
+
+@pytest.fixture(scope="module")
+def resources(template: dict[str, Any]) -> dict[str, Any]:
+    res: dict[str, Any] = template["Resources"]
+    return res
+
+
+def _of_type(resources: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {k: v.get("Properties") or {} for k, v in resources.items() if v["Type"] == kind}
+
+
+def _one(resources: dict[str, Any], kind: str) -> dict[str, Any]:
+    found = _of_type(resources, kind)
+    assert len(found) == 1, f"expected one {kind}, found {sorted(found)}"
+    return next(iter(found.values()))
+
+
+def _dimensions(alarm: dict[str, Any]) -> dict[str, Any]:
+    return {d["Name"]: d["Value"] for d in alarm.get("Dimensions", [])}
+
+
+# -- queue -------------------------------------------------------------------------------------
+
+
+def test_queue_redrives_to_the_dead_letter_queue(resources: dict[str, Any]) -> None:
+    redrive = resources["EventsQueue"]["Properties"]["RedrivePolicy"]
+    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["EventsDeadLetterQueue", "Arn"]}
+    assert redrive["maxReceiveCount"] == {"Ref": "MaxReceiveCount"}
+
+
+def test_queue_type_parameter_defaults_to_fifo(template: dict[str, Any]) -> None:
+    assert template["Parameters"]["QueueType"]["Default"] == "fifo"
+    assert set(template["Parameters"]["QueueType"]["AllowedValues"]) == {"fifo", "standard"}
+
+
+@pytest.mark.parametrize("queue", ["EventsQueue", "EventsDeadLetterQueue"])
+def test_queues_are_encrypted(resources: dict[str, Any], queue: str) -> None:
+    props = resources[queue]["Properties"]
+    assert props.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in props
+
+
+def test_consumer_timeout_fits_the_visibility_timeout(resources: dict[str, Any]) -> None:
+    visibility = resources["EventsQueue"]["Properties"]["VisibilityTimeout"]
+    assert resources["ExampleConsumerFunction"]["Properties"]["Timeout"] <= visibility
+
+
+# -- tables and bucket -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "ttl"), [("StateTable", "pk", "expiresAt"), ("IdempotencyTable", "id", "expiration")]
+)
+def test_tables(resources: dict[str, Any], table: str, key: str, ttl: str) -> None:
+    props = resources[table]["Properties"]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["KeySchema"] == [{"AttributeName": key, "KeyType": "HASH"}]
+    assert props["AttributeDefinitions"] == [{"AttributeName": key, "AttributeType": "S"}]
+    assert props["TimeToLiveSpecification"] == {"AttributeName": ttl, "Enabled": True}
+    assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert props["SSESpecification"]["SSEEnabled"] is True
+
+
+def test_bucket_is_encrypted_private_and_expires_payloads(resources: dict[str, Any]) -> None:
+    props = resources["OversizeBucket"]["Properties"]
+    rules = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rules[0]["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in {"AES256", "aws:kms"}
+    assert all(v is True for v in props["PublicAccessBlockConfiguration"].values())
+    assert len(props["PublicAccessBlockConfiguration"]) == 4
+    lifecycle = props["LifecycleConfiguration"]["Rules"]
+    assert any(r.get("ExpirationInDays") and r.get("Prefix") == "oversize/" for r in lifecycle)
+
+
+def test_bucket_policy_denies_plain_http(resources: dict[str, Any]) -> None:
+    policy = _one(resources, "AWS::S3::BucketPolicy")
+    assert policy["Bucket"] == {"Ref": "OversizeBucket"}
+    statements = policy["PolicyDocument"]["Statement"]
+    assert any(
+        s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": False}}
+        for s in statements
+    )
+
+
+def test_alarm_topic_is_encrypted_with_a_key_cloudwatch_may_use(resources: dict[str, Any]) -> None:
+    topic = _one(resources, "AWS::SNS::Topic")
+    assert topic["KmsMasterKeyId"] == {"Ref": "RelayKey"}
+    key = resources["RelayKey"]["Properties"]
+    assert key["EnableKeyRotation"] is True
+    principals = [s["Principal"] for s in key["KeyPolicy"]["Statement"]]
+    assert {"Service": "cloudwatch.amazonaws.com"} in principals
+
+
+def test_log_groups_have_retention_and_encryption(resources: dict[str, Any]) -> None:
+    groups = _of_type(resources, "AWS::Logs::LogGroup")
+    assert set(groups) == {"StreamLogGroup", "PollLogGroup", "ConsumerLogGroup"}
+    for props in groups.values():
+        assert props["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+        assert props["KmsKeyId"] == {"Fn::GetAtt": ["RelayKey", "Arn"]}
+
+
+# -- stream consumer (Fargate) -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def container(resources: dict[str, Any]) -> dict[str, Any]:
+    (definition,) = resources["StreamTaskDefinition"]["Properties"]["ContainerDefinitions"]
+    return dict(definition)
+
+
+def test_container_is_locked_down(container: dict[str, Any]) -> None:
+    assert container["ReadonlyRootFilesystem"] is True
+    user = str(container["User"]).split(":")
+    assert user[0].isdigit()
+    assert int(user[0]) != 0
+    assert container["StopTimeout"] == 120
+    assert container["LinuxParameters"]["Capabilities"]["Drop"] == ["ALL"]
+    assert container["LogConfiguration"]["LogDriver"] == "awslogs"
+    assert container["HealthCheck"]["Command"][0] == "CMD-SHELL"
+
+
+def test_dockerfile_runs_as_the_same_non_root_user(container: dict[str, Any]) -> None:
+    dockerfile = (TEMPLATE.parent / "functions" / "stream_consumer" / "Dockerfile").read_text(
+        encoding="utf-8"
+    )
+    users = re.findall(r"^USER\s+(\S+)", dockerfile, flags=re.MULTILINE)
+    assert users
+    assert users[-1] == container["User"]
+    assert re.search(r"^HEALTHCHECK ", dockerfile, flags=re.MULTILINE)
+    assert re.search(r"^ARG BASE=\S+:[\d.]+-slim\S*@sha256:[0-9a-f]{64}$", dockerfile, flags=re.MULTILINE)
+
+
+def test_task_environment(container: dict[str, Any], resources: dict[str, Any]) -> None:
+    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+    assert {
+        "OHIP_GATEWAY_URL",
+        "OHIP_CHAIN_CODE",
+        "OHIP_SECRET_ARN",
+        "OHIP_ENTERPRISE_ID",
+        "RELAY_QUEUE_URL",
+        "RELAY_TABLE_NAME",
+        "RELAY_BUCKET_NAME",
+        "RELAY_LOG_FORMAT",
+        "RELAY_START_POSITION",
+        "RELAY_LEASE_SECONDS",
+    } <= set(env)
+    assert env["RELAY_LOG_FORMAT"] == "json"
+    assert env["POWERTOOLS_SERVICE_NAME"] == "stream"
+    task = resources["StreamTaskDefinition"]["Properties"]
+    assert task["RuntimePlatform"]["CpuArchitecture"] == "ARM64"
+    assert task["ExecutionRoleArn"] != task["TaskRoleArn"]
+
+
+def test_service_never_runs_two_tasks(resources: dict[str, Any]) -> None:
+    service = resources["StreamService"]["Properties"]
+    assert service["DesiredCount"] == 1
+    deployment = service["DeploymentConfiguration"]
+    assert deployment["MaximumPercent"] == 100
+    assert deployment["MinimumHealthyPercent"] == 0
+    assert deployment["DeploymentCircuitBreaker"] == {"Enable": True, "Rollback": True}
+
+
+def test_cluster_has_container_insights(resources: dict[str, Any]) -> None:
+    settings = resources["Cluster"]["Properties"]["ClusterSettings"]
+    assert {"Name": "containerInsights", "Value": "enabled"} in settings
+
+
+# -- Lambdas -----------------------------------------------------------------------------------
+
+
+def test_poll_function(resources: dict[str, Any]) -> None:
+    props = resources["PollFunction"]["Properties"]
+    assert props["Handler"] == "app.handler"
+    assert props["CodeUri"] == "functions/poll_fallback/"
+    assert props["Runtime"] == "python3.12"
+    assert props["Architectures"] == ["arm64"]
+    assert props["ReservedConcurrentExecutions"] == 1
+    assert props["Timeout"] < 60  # ticks never overlap on a one-minute schedule
+    assert props["Layers"] == [{"Ref": "SharedLayer"}]
+    (event,) = props["Events"].values()
+    assert event["Type"] == "Schedule"
+    assert event["Properties"]["Schedule"] == {"Ref": "PollSchedule"}
+    env = props["Environment"]["Variables"]
+    assert {
+        "OHIP_GATEWAY_URL",
+        "OHIP_CHAIN_CODE",
+        "OHIP_HOTEL_IDS",
+        "OHIP_EXTERNAL_SYSTEM",
+        "OHIP_SECRET_ARN",
+        "RELAY_QUEUE_URL",
+        "RELAY_TABLE_NAME",
+        "RELAY_BUCKET_NAME",
+        "RELAY_HEALTH_STALE_SECONDS",
+        "RELAY_HEALTH_GRACE_SECONDS",
+        "RELAY_HEALTH_RECOVER_SECONDS",
+        "RELAY_SEEN_TTL_DAYS",
+        "RELAY_POLL_PAGE_LIMIT",
+    } <= set(env)
+    assert env["POWERTOOLS_SERVICE_NAME"] == "poll"
+
+
+def test_schedule_default_is_every_minute(template: dict[str, Any]) -> None:
+    assert template["Parameters"]["PollSchedule"]["Default"] == "rate(1 minute)"
+
+
+def test_shared_layer_is_built_from_shared(resources: dict[str, Any]) -> None:
+    layer = resources["SharedLayer"]
+    assert layer["Metadata"]["BuildMethod"] == "python3.12"
+    assert layer["Properties"]["ContentUri"] == "shared/"
+    assert (TEMPLATE.parent / "shared" / "requirements.txt").is_file()
+
+
+def test_example_consumer(resources: dict[str, Any]) -> None:
+    props = resources["ExampleConsumerFunction"]["Properties"]
+    assert props["Handler"] == "app.handler"
+    assert props["CodeUri"] == "functions/example_consumer/"
+    (event,) = props["Events"].values()
+    assert event["Type"] == "SQS"
+    assert event["Properties"]["Queue"] == {"Fn::GetAtt": ["EventsQueue", "Arn"]}
+    assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert props["Environment"]["Variables"]["IDEMPOTENCY_TABLE_NAME"] == {"Ref": "IdempotencyTable"}
+
+
+# -- IAM -----------------------------------------------------------------------------------------
+
+
+def _statements(resources: dict[str, Any], role: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for policy in resources[role]["Properties"]["Policies"]:
+        for statement in policy["PolicyDocument"]["Statement"]:
+            if "Fn::If" in statement:  # optional statement: check the branch that adds it
+                statement = statement["Fn::If"][1]
+            out.append(statement)
+    return out
+
+
+def _actions(statement: dict[str, Any]) -> list[str]:
+    action = statement["Action"]
+    return [action] if isinstance(action, str) else list(action)
+
+
+@pytest.mark.parametrize("role", ["StreamTaskRole", "StreamExecutionRole", "PollRole", "ConsumerRole"])
+def test_roles_have_no_wildcard_actions_or_managed_policies(resources: dict[str, Any], role: str) -> None:
+    props = resources[role]["Properties"]
+    assert "ManagedPolicyArns" not in props
+    for statement in _statements(resources, role):
+        assert statement["Effect"] == "Allow"
+        for action in _actions(statement):
+            assert "*" not in action, f"{role}: {action}"
+        if statement["Resource"] == "*":
+            assert _actions(statement) == ["ecr:GetAuthorizationToken"], f"{role}: {statement}"
+
+
+def test_task_role_is_least_privilege(resources: dict[str, Any]) -> None:
+    granted = {a: s["Resource"] for s in _statements(resources, "StreamTaskRole") for a in _actions(s)}
+    assert granted["sqs:SendMessage"] == {"Fn::GetAtt": ["EventsQueue", "Arn"]}
+    for action in ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"):
+        assert granted[action] == {"Fn::GetAtt": ["StateTable", "Arn"]}
+    assert granted["s3:PutObject"] == {"Fn::Sub": "${OversizeBucket.Arn}/oversize/*"}
+    assert granted["secretsmanager:GetSecretValue"] == {"Ref": "OhipSecretArn"}
+    assert not any(
+        a.startswith("dynamodb:") and a not in {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"}
+        for a in granted
+    )
+
+
+def test_functions_use_their_own_roles(resources: dict[str, Any]) -> None:
+    # Without an explicit role SAM attaches AWS managed policies with Resource "*".
+    assert resources["PollFunction"]["Properties"]["Role"] == {"Fn::GetAtt": ["PollRole", "Arn"]}
+    assert resources["ExampleConsumerFunction"]["Properties"]["Role"] == {
+        "Fn::GetAtt": ["ConsumerRole", "Arn"]
+    }
+
+
+# -- alarms and dashboard: only metrics the code emits -------------------------------------------
+
+
+def test_every_required_alarm_is_present(resources: dict[str, Any]) -> None:
+    alarms = _of_type(resources, "AWS::CloudWatch::Alarm")
+    assert set(REQUIRED_ALARMS) <= set(alarms)
+    for name, (namespace, metric, dimensions) in REQUIRED_ALARMS.items():
+        alarm = alarms[name]
+        assert (alarm["Namespace"], alarm["MetricName"]) == (namespace, metric), name
+        assert dimensions.items() <= _dimensions(alarm).items(), name
+        assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}], name
+
+
+def test_alarms_on_relay_metrics_name_emitted_metrics(resources: dict[str, Any]) -> None:
+    alarms = _of_type(resources, "AWS::CloudWatch::Alarm")
+    relay = {k: v for k, v in alarms.items() if v.get("Namespace") == NAMESPACE}
+    assert relay, "no alarm watches the relay's own metrics"
+    for name, alarm in relay.items():
+        assert alarm["MetricName"] in METRIC_NAMES, f"{name}: {alarm['MetricName']} is not a telemetry.Metric"
+        dimensions = _dimensions(alarm)
+        assert set(dimensions) == {"service"}, f"{name}: Powertools emits only the service dimension"
+        assert dimensions["service"] in SERVICES, name
+
+
+def _dashboard_metrics(resources: dict[str, Any]) -> list[list[Any]]:
+    body = resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    assert isinstance(body, str)
+    data = json.loads(re.sub(r"\$\{[^}]+\}", "x", body))
+    metrics: list[list[Any]] = []
+    for widget in data["widgets"]:
+        metrics.extend(widget["properties"].get("metrics", []))
+    return metrics
+
+
+def test_dashboard_metrics_in_the_relay_namespace_are_emitted(resources: dict[str, Any]) -> None:
+    relay = [m for m in _dashboard_metrics(resources) if m[0] == NAMESPACE]
+    assert relay
+    for metric in relay:
+        name, *rest = metric[1:]
+        dimensions = [x for x in rest if not isinstance(x, dict)]
+        assert name in METRIC_NAMES, f"dashboard: {name} is not a telemetry.Metric"
+        assert dimensions[::2] == ["service"], f"dashboard: {metric} has other dimensions than service"
+        assert dimensions[1] in SERVICES, f"dashboard: {metric}"
+
+
+def test_dashboard_shows_lag_throughput_health_and_fallback(resources: dict[str, Any]) -> None:
+    shown = {(m[1], m[3]) for m in _dashboard_metrics(resources) if m[0] == NAMESPACE}
+    assert {
+        (Metric.STREAM_LAG.value, "stream"),
+        (Metric.EVENTS_PUBLISHED.value, "stream"),
+        (Metric.POLL_EVENTS_PUBLISHED.value, "poll"),
+        (Metric.STREAM_HEALTHY.value, "poll"),
+        (Metric.FALLBACK_ACTIVE.value, "poll"),
+    } <= shown
+
+
+def test_dashboard_alarm_widget_lists_every_alarm(resources: dict[str, Any]) -> None:
+    body = resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    listed = set(re.findall(r"\$\{(\w+Alarm)\.Arn\}", body))
+    assert listed == set(_of_type(resources, "AWS::CloudWatch::Alarm"))
+
+
+# -- suppressions and outputs ------------------------------------------------------------------
+
+
+def test_every_checkov_suppression_carries_a_reason(resources: dict[str, Any]) -> None:
+    for name, resource in resources.items():
+        for skip in ((resource.get("Metadata") or {}).get("checkov") or {}).get("skip", []):
+            assert re.fullmatch(r"CKV_AWS_\d+", skip["id"]), name
+            assert len(skip.get("comment", "")) >= 40, f"{name}: {skip['id']} needs a written reason"
+
+
+def test_outputs(template: dict[str, Any]) -> None:
+    assert {"QueueUrl", "DeadLetterQueueUrl", "TableName", "BucketName", "DashboardUrl"} <= set(
+        template["Outputs"]
+    )
