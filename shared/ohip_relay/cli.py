@@ -114,7 +114,7 @@ def _local_demo(args: argparse.Namespace) -> int:
         from ohip_local.demo import run_demo
     except ImportError as exc:  # pragma: no cover - only without the [local] extra
         raise CommandError("the local stack is not installed: pip install 'ohip-relay[local]'") from exc
-    status: int = run_demo(events=args.events, rate=args.rate, seed=args.seed)
+    status: int = run_demo(events=args.events, rate=args.rate, seed=args.seed, verbose=args.verbose)
     return status
 
 
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the `make run` scenario: the whole pipeline on the local stack"
     )
     demo.add_argument("--events", type=int, default=300, help="events to emit (default 300)")
-    demo.add_argument("--rate", type=float, default=200.0, help="events per second (default 200)")
+    demo.add_argument("--rate", type=float, default=100.0, help="events per second (default 100)")
     demo.add_argument("--seed", type=int, default=1)
     demo.set_defaults(handler=_local_demo)
     return parser

@@ -11,8 +11,10 @@
 3. every second write the checkpoint: the offset below which SQS acknowledged every event; every
    few seconds the heartbeat (read by the poll fallback and by `ohip-relay status`);
 4. on a close, log the code and the checkpoint, classify the code (4401: drop the token; 4403:
-   alarm, retry slowly; 4409: wait out the lockout), back off with jitter, let every event already
-   handed to the publisher be acknowledged, and reconnect from the checkpoint;
+   alarm, retry slowly; 4409: wait out the lockout), back off with jitter, and subscribe again
+   from the last event handed to the publisher (which keeps retrying what SQS has not
+   acknowledged yet; after a crash the stored checkpoint, which only covers acknowledged events,
+   is where the replay starts);
 5. on SIGTERM: `complete`, read what the server still sends until it closes the socket, flush,
    checkpoint, release the lease, exit 0.
 
@@ -130,6 +132,9 @@ class StreamConsumer:
         self.connections = 0
 
         self.holding_lease = False
+        self._beats: set[asyncio.Task[None]] = set()
+        self.suppressed = 0  # replayed events the poll fallback had already published
+        self._suppressed_logged = 0
         self._retried_reported = 0
         self.fallback_mark: datetime | None = None  # see _refresh_fallback_mark
         self._stop = asyncio.Event()
@@ -216,9 +221,6 @@ class StreamConsumer:
             self.next_delay = None
             outcome, healthy_for = await self._one_connection()
             self.last_outcome = outcome
-            # Every event handed to the publisher is acknowledged before the next subscribe, so
-            # that the next connection replays from a checkpoint that covers them.
-            await self._settle_publisher()
             if self._stopping():
                 return
             if outcome.expected:
@@ -376,6 +378,7 @@ class StreamConsumer:
             self._subscribe(core, now)
             self.status = StreamState.CONNECTED
             self.telemetry.gauge(Metric.STREAM_CONNECTED, 1)
+            self._beat()
         elif isinstance(event, proto.SubscriptionError):
             log.error("the server rejected the subscription: %s", event.summary())
             if event.terminal:
@@ -393,15 +396,18 @@ class StreamConsumer:
 
     def _subscribe(self, core: proto.StreamProtocol, now: float) -> None:
         chain = self.settings.chain_code
-        if self.watermark.pending:
-            # Only after a flush that did not finish: start over from what is surely published.
-            log.warning("%s events still unacknowledged; replaying them", self.watermark.pending)
-            self.watermark = OffsetWatermark(self.watermark.value)
-        resume_after = self.watermark.value
+        # Resume after the last event handed to the publisher, acknowledged or not: the publisher
+        # owns those until SQS acknowledges them (it retries for ever), and the stored checkpoint
+        # only ever covers acknowledged ones, so a crash still replays them. Waiting for the
+        # acknowledgements before reconnecting would only add latency.
+        resume_after = self.watermark.last_tracked
         if resume_after is not None:
             core.send_subscribe(proto.SubscriptionInput(chain), now, resume_after=resume_after)
             log.info(
-                "subscribed to chain %s from offset %s (inclusive, already published)", chain, resume_after
+                "subscribed to chain %s from offset %s (inclusive, already handled; checkpoint %s)",
+                chain,
+                resume_after,
+                self.checkpointed,
             )
         elif self.settings.start_position is StartPosition.EARLIEST:
             core.send_subscribe(proto.SubscriptionInput(chain, offset="0"), now)
@@ -435,6 +441,7 @@ class StreamConsumer:
             self.watermark.ack(event.offset)
             return
         if await self._published_by_fallback(canonical):
+            self.suppressed += 1
             self.telemetry.count(Metric.DUPLICATES_SUPPRESSED)
             self.watermark.ack(event.offset)
             return
@@ -467,6 +474,27 @@ class StreamConsumer:
             log.warning("seen-set unavailable (%s): publishing (a duplicate at worst)", type(exc).__name__)
             return False
         return event.event_key in hits
+
+    def _beat(self) -> None:
+        """Write the heartbeat now (after a state change), without waiting for it."""
+
+        async def beat() -> None:
+            try:
+                await self._write_heartbeat()
+            except Exception as exc:
+                log.warning("heartbeat write failed (%s); the periodic one will follow", type(exc).__name__)
+
+        task = asyncio.create_task(beat())
+        self._beats.add(task)
+        task.add_done_callback(self._beats.discard)
+
+    def _log_suppressed(self) -> None:
+        if self.suppressed != self._suppressed_logged:
+            log.info(
+                "skipped %s replayed events in all that the poll fallback had already published (seen-set)",
+                self.suppressed,
+            )
+            self._suppressed_logged = self.suppressed
 
     async def _refresh_fallback_mark(self) -> None:
         try:
@@ -584,6 +612,7 @@ class StreamConsumer:
         would overwrite the active task's report and could switch the fallback on)."""
         if not self.holding_lease:
             return
+        self._log_suppressed()
         await self._refresh_fallback_mark()
         heartbeat = Heartbeat(
             state=self.status,
@@ -643,6 +672,7 @@ class StreamConsumer:
             self.holding_lease = False
         with contextlib.suppress(Exception):
             await self._flush_metrics()
+        self._log_suppressed()
         log.info("stopped at checkpoint %s", self.checkpointed)
 
     # -- helpers ----------------------------------------------------------------------------
