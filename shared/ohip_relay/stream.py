@@ -48,8 +48,9 @@ from . import protocol as proto
 from .auth import AsyncTokenProvider, AuthError, OAuthParams, Token
 from .backoff import Backoff, CloseKind, CloseOutcome, classify_close
 from .config import Settings, StartPosition
+from .errors import StartupError
 from .events import CanonicalEvent, MalformedEvent, from_stream
-from .publish import OutboundMessage, PublisherConfig, PublishFailure, SqsPublisher
+from .publish import OutboundMessage, PublisherConfig, PublishError, PublishFailure, SqsPublisher
 from .seen import SeenSet
 from .state import Heartbeat, StateStore, StreamState
 from .telemetry import Metric, Telemetry
@@ -737,7 +738,10 @@ async def open_consumer(
             seen=SeenSet(dynamodb, settings.table_name, ttl_days=settings.seen_ttl_days),
         )
         holder.append(consumer)
-        await publisher.start()
+        try:
+            await publisher.start()
+        except PublishError as exc:
+            raise StartupError(str(exc)) from exc
         try:
             yield consumer
         finally:

@@ -1,0 +1,103 @@
+"""Bad configuration ends with one clear line on stderr and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+
+import pytest
+
+from ohip_local.aws import ProvisionedStack
+from ohip_local.stack import environment_for
+
+pytestmark = pytest.mark.integration
+
+_RELAY_PREFIXES = ("OHIP_", "RELAY_", "AWS_ENDPOINT_URL")
+
+
+def _run(args: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(_RELAY_PREFIXES)}
+    return subprocess.run(
+        [sys.executable, "-m", "ohip_relay.cli", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _one_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_missing_variable_is_named() -> None:
+    line = _one_line(_run(["stream"], {}))
+    assert line == "ohip-relay: OHIP_GATEWAY_URL: missing"
+
+
+def test_malformed_gateway_url_is_named() -> None:
+    env = {"OHIP_GATEWAY_URL": "ftp://gateway.example.com", "OHIP_CLIENT_ID": "c"}
+    line = _one_line(_run(["stream"], env))
+    assert line.startswith("ohip-relay: OHIP_GATEWAY_URL: expected an https:// URL")
+
+
+def test_bad_start_position_is_named(aws_stack: ProvisionedStack) -> None:
+    env = {
+        **environment_for(aws_stack),
+        "OHIP_GATEWAY_URL": "https://gateway.example.com",
+        "OHIP_CLIENT_ID": "c",
+        "OHIP_CLIENT_SECRET": "s",
+        "OHIP_APP_KEY": "k",
+        "OHIP_CHAIN_CODE": "CHAIN",
+        "RELAY_START_POSITION": "yesterday",
+    }
+    line = _one_line(_run(["stream"], env))
+    assert "RELAY_START_POSITION" in line
+    assert "latest" in line
+
+
+def test_unreachable_queue_is_one_line(aws_stack: ProvisionedStack) -> None:
+    env = {
+        **environment_for(aws_stack),
+        "RELAY_QUEUE_URL": aws_stack.queue_url.replace("events", "no-such-queue"),
+        "OHIP_GATEWAY_URL": "http://127.0.0.1:9",
+        "OHIP_CLIENT_ID": "c",
+        "OHIP_CLIENT_SECRET": "s",
+        "OHIP_APP_KEY": "k",
+        "OHIP_CHAIN_CODE": "CHAIN",
+    }
+    line = _one_line(_run(["stream"], env))
+    assert "RELAY_QUEUE_URL" in line
+
+
+def test_gateway_port_in_use_is_one_line(busy_port: int) -> None:
+    line = _one_line(_run(["local", "gateway", "--port", str(busy_port), "--control-port", "0"], {}))
+    assert f"127.0.0.1:{busy_port}" in line
+    assert "in use" in line
+
+
+def test_secrets_are_not_echoed() -> None:
+    env = {
+        "OHIP_GATEWAY_URL": "https://gateway.example.com",
+        "OHIP_CLIENT_ID": "c",
+        "OHIP_CLIENT_SECRET": "s3cr3t\nsecond-line",
+    }
+    line = _one_line(_run(["stream"], env))
+    assert "OHIP_CLIENT_SECRET" in line
+    assert "s3cr3t" not in line
