@@ -55,6 +55,7 @@ def _poll(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from .config import Need, Settings
+    from .health import HealthThresholds, judge_stream
     from .runtime import aws_client
     from .state import StateStore
 
@@ -64,15 +65,35 @@ def _status(args: argparse.Namespace) -> int:
     checkpoint = store.get_checkpoint()
     heartbeat = store.get_heartbeat()
     lease = store.get_lease()
+    fallback = store.get_fallback()
+    health = judge_stream(
+        heartbeat,
+        now,
+        HealthThresholds(
+            stale_seconds=settings.health_stale_seconds,
+            grace_seconds=settings.health_grace_seconds,
+            recover_seconds=settings.health_recover_seconds,
+        ),
+        seen_down_since=fallback.stream_down_since if fallback else None,
+    )
     report: dict[str, object] = {
         "chain": settings.chain_code,
         "checkpoint": checkpoint.offset if checkpoint else None,
         "checkpointAgeSeconds": round(now - checkpoint.updated_at, 1) if checkpoint else None,
         "state": str(heartbeat.state) if heartbeat else None,
+        "healthy": health.healthy,
+        "health": health.reason,
         "heartbeatAgeSeconds": round(heartbeat.age(now), 1) if heartbeat else None,
         "lastOffset": heartbeat.last_offset if heartbeat else None,
         "lagSeconds": heartbeat.lag_seconds if heartbeat else None,
+        "detail": heartbeat.detail if heartbeat else None,
         "leaseOwner": lease.owner if lease and lease.is_held(now) else None,
+        "fallbackActive": fallback.active if fallback else False,
+        "fallbackSince": fallback.since if fallback and fallback.active else None,
+        "fallbackLastTickAgeSeconds": (
+            round(now - fallback.last_tick_at, 1) if fallback and fallback.last_tick_at else None
+        ),
+        "fallbackPublished": fallback.counter("published") if fallback else 0,
     }
     if args.json:
         print(json.dumps(report))
