@@ -11,6 +11,8 @@ JSON in, JSON out. Bad input is a 400 `{"error": "...", "field": "<name>"}`.
     POST /expire-tokens  {close_connections: bool (default true)} -> {expired, closed}
     POST /approval       {chain, approved} the app's approval for a chain (4403 when not) -> {chain, approved}
     POST /poll-fault     {mode: 5xx|429|slow|off, status?, count?, delay?, retry_after?} -> the fault
+    POST /rest-fault     {mode: 5xx|429|off, status?, count?, retry_after?} REST resources fault -> the fault
+    POST /rest-delete    {kind: reservation|profile, id, hotel?} delete a resource (GET: 404) -> {deleted}
     GET  /state          chains, poll, streaming and token counters
 
 `ControlClient` (blocking) and `AsyncControlClient` call these endpoints and raise `ControlError`
@@ -34,6 +36,7 @@ from .source import StoredEvent
 if TYPE_CHECKING:
     from .gateway import GatewayContext
     from .poll import PollEndpoint
+    from .rest import RestEndpoint
     from .streaming import StreamingEndpoint
 
 log = logging.getLogger(__name__)
@@ -129,10 +132,17 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 class _Control:
-    def __init__(self, context: GatewayContext, streaming: StreamingEndpoint, poll: PollEndpoint) -> None:
+    def __init__(
+        self,
+        context: GatewayContext,
+        streaming: StreamingEndpoint,
+        poll: PollEndpoint,
+        rest: RestEndpoint | None = None,
+    ) -> None:
         self.context = context
         self.streaming = streaming
         self.poll = poll
+        self.rest = rest
         self.tasks: set[asyncio.Task[None]] = set()
 
     # -- emit ----------------------------------------------------------------------------------
@@ -245,6 +255,34 @@ class _Control:
             self.poll.set_fault(mode, status=status, count=count, delay=delay, retry_after=retry_after)
         )
 
+    # -- REST resources --------------------------------------------------------------------------
+
+    async def rest_fault(self, request: web.Request) -> web.Response:
+        from .rest import FAULT_MODES
+
+        assert self.rest is not None
+        body = await _body(request)
+        mode = _choice(body, "mode", FAULT_MODES, required=True)
+        assert mode is not None
+        status = _int(body, "status", 503, 500, 599) if mode == "5xx" else 429
+        assert status is not None
+        count = _int(body, "count", None, 1)
+        retry_after = _int(body, "retry_after", None, 0)
+        return web.json_response(
+            self.rest.set_fault(mode, status=status, count=count, retry_after=retry_after)
+        )
+
+    async def rest_delete(self, request: web.Request) -> web.Response:
+        assert self.rest is not None
+        body = await _body(request)
+        kind = _choice(body, "kind", ("reservation", "profile"), required=True)
+        assert kind is not None
+        key = body.get("id")
+        if not isinstance(key, str) or not key:
+            raise BadInput("id", "is required (a string)")
+        hotel = _choice(body, "hotel", self.context.config.hotels, required=kind == "reservation")
+        return web.json_response({"deleted": self.rest.delete(kind, key, hotel)})
+
     # -- state ---------------------------------------------------------------------------------
 
     async def state(self, request: web.Request) -> web.Response:
@@ -268,6 +306,7 @@ class _Control:
                 "chains": chains,
                 "poll": poll,
                 "streaming": self.streaming.snapshot(),
+                **({"rest": self.rest.snapshot()} if self.rest is not None else {}),
                 "tokens_issued": ctx.tokens.issued,
                 "background_emits": len(self.tasks),
             }
@@ -291,9 +330,12 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def build_control_app(
-    context: GatewayContext, streaming: StreamingEndpoint, poll: PollEndpoint
+    context: GatewayContext,
+    streaming: StreamingEndpoint,
+    poll: PollEndpoint,
+    rest: RestEndpoint | None = None,
 ) -> web.Application:
-    control = _Control(context, streaming, poll)
+    control = _Control(context, streaming, poll, rest)
     app = web.Application(middlewares=[_errors])
     app.router.add_post("/emit", control.emit)
     app.router.add_post("/drop", control.drop)
@@ -304,6 +346,9 @@ def build_control_app(
     app.router.add_post("/approval", control.approval)
     app.router.add_post("/poll-fault", control.poll_fault)
     app.router.add_get("/state", control.state)
+    if rest is not None:
+        app.router.add_post("/rest-fault", control.rest_fault)
+        app.router.add_post("/rest-delete", control.rest_delete)
     app.on_cleanup.append(control.on_cleanup)
     return app
 
@@ -358,6 +403,17 @@ class _Commands:
             raise TypeError(f"poll_fault() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
         return {"mode": mode, **kw}
 
+    @staticmethod
+    def rest_fault(mode: str, kw: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = set(kw) - {"status", "count", "retry_after"}
+        if unknown:
+            raise TypeError(f"rest_fault() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+        return {"mode": mode, **kw}
+
+    @staticmethod
+    def rest_delete(kind: str, key: str, hotel: str | None) -> dict[str, Any]:
+        return {"kind": kind, "id": key, **({"hotel": hotel} if hotel is not None else {})}
+
 
 class ControlClient:
     """Blocking client of the control interface (a fresh connection per command)."""
@@ -407,6 +463,12 @@ class ControlClient:
 
     def poll_fault(self, mode: str, **kw: Any) -> dict[str, Any]:
         return self._call("POST", "/poll-fault", _Commands.poll_fault(mode, kw))
+
+    def rest_fault(self, mode: str, **kw: Any) -> dict[str, Any]:
+        return self._call("POST", "/rest-fault", _Commands.rest_fault(mode, kw))
+
+    def rest_delete(self, kind: str, key: str, hotel: str | None = None) -> dict[str, Any]:
+        return self._call("POST", "/rest-delete", _Commands.rest_delete(kind, key, hotel))
 
     def state(self) -> dict[str, Any]:
         return self._call("GET", "/state")
@@ -463,6 +525,12 @@ class AsyncControlClient:
 
     async def poll_fault(self, mode: str, **kw: Any) -> dict[str, Any]:
         return await self._call("POST", "/poll-fault", _Commands.poll_fault(mode, kw))
+
+    async def rest_fault(self, mode: str, **kw: Any) -> dict[str, Any]:
+        return await self._call("POST", "/rest-fault", _Commands.rest_fault(mode, kw))
+
+    async def rest_delete(self, kind: str, key: str, hotel: str | None = None) -> dict[str, Any]:
+        return await self._call("POST", "/rest-delete", _Commands.rest_delete(kind, key, hotel))
 
     async def state(self) -> dict[str, Any]:
         return await self._call("GET", "/state")

@@ -53,6 +53,9 @@ class GatewayConfig:
     retention: float = RETENTION_SECONDS
     seed: int = 1
     approved_chains: tuple[str, ...] | None = None  # None: every configured chain is approved
+    # The key the token endpoint accepts (None: `app_key`). Another value reproduces an application
+    # that can get tokens but that the streaming endpoint does not know (HTTP 401 on the handshake).
+    oauth_app_key: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("port", "control_port"):
@@ -111,6 +114,7 @@ class LocalGateway:
     def __init__(self, config: GatewayConfig | None = None, *, clock: Clock = time.time) -> None:
         from .control import build_control_app
         from .poll import PollEndpoint
+        from .rest import RestEndpoint
         from .streaming import StreamingEndpoint
 
         self.config = config or GatewayConfig()
@@ -129,20 +133,22 @@ class LocalGateway:
         self.oauth = OAuthEndpoint(
             client_id=cfg.client_id,
             client_secret=cfg.client_secret,
-            app_key=cfg.app_key,
+            app_key=cfg.app_key if cfg.oauth_app_key is None else cfg.oauth_app_key,
             enterprise_id=cfg.enterprise_id,
             tokens=self.context.tokens,
         )
         self.streaming = StreamingEndpoint(self.context)
         self.poll = PollEndpoint(self.context)
+        self.rest = RestEndpoint(self.context)  # REST resources (the enricher's GETs)
 
         app = web.Application()
         app.router.add_post("/oauth/v1/tokens", self.oauth.handle)
         app.router.add_get("/subscriptions", self.streaming.handle)
         app.router.add_get("/int/v1/externalSystem/{system}/businessEvents", self.poll.handle)
         app.router.add_get("/int/v1/externalSystem/{system}/hotels/{hotel}/businessEvents", self.poll.handle)
+        self.rest.add_routes(app)
         self._app = app
-        self._control_app = build_control_app(self.context, self.streaming, self.poll)
+        self._control_app = build_control_app(self.context, self.streaming, self.poll, self.rest)
         self._runners: list[web.AppRunner] = []
         self.url = ""
         self.control_url = ""

@@ -37,6 +37,7 @@ class Need(Enum):
     STREAM = "stream"  # chain code
     POLL = "poll"  # external system (hotel ids optional)
     AWS = "aws"  # queue and table
+    ENRICH = "enrich"  # the enricher's output queue (and the AWS region)
 
 
 # Same rule as the streaming schema's chainCode (NewEventInput), so a bad value fails at start-up
@@ -82,6 +83,9 @@ class Settings:
     health_recover_seconds: float = 120.0
     seen_ttl_days: float = 8.0
     poll_page_limit: int = 100
+    enriched_queue_url: str = ""
+    enrich_routes: str = ""  # path of a routing file; "" means the packaged default
+    enrich_concurrency: int = 4
 
     @property
     def queue_is_fifo(self) -> bool:
@@ -140,9 +144,16 @@ class Settings:
                 "RELAY_SEEN_TTL_DAYS", default=8.0, above=_OHIP_RETENTION_DAYS, high=365.0
             ),
             poll_page_limit=reader.integer("RELAY_POLL_PAGE_LIMIT", default=100, low=1, high=100),
+            enriched_queue_url=reader.url(
+                "RELAY_ENRICHED_QUEUE_URL", required=Need.ENRICH in required, https_only=False
+            ),
+            enrich_routes=reader.text("OHIP_ENRICH_ROUTES"),
+            enrich_concurrency=reader.integer("RELAY_ENRICH_CONCURRENCY", default=4, low=1, high=32),
         )
         if Need.AWS in required and not settings.aws_region:
             raise ConfigError("AWS_REGION: missing (the AWS region of the queue and table, e.g. eu-west-1)")
+        if Need.ENRICH in required and not settings.aws_region:
+            raise ConfigError("AWS_REGION: missing (the AWS region of the enriched queue, e.g. eu-west-1)")
         return settings
 
 

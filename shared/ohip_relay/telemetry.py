@@ -41,6 +41,12 @@ class Metric(StrEnum):
     MALFORMED_EVENTS = "MalformedEvents"
     # both channels
     DUPLICATES_SUPPRESSED = "DuplicatesSuppressed"  # the seen-set kept an event off the queue
+    # enricher (service "enricher")
+    ENRICHED = "EventsEnriched"  # published with the resource's current state
+    ENRICH_PASSTHROUGH = "EventsPassedThrough"  # no route for the module/event: published unenriched
+    ENRICH_NOT_FOUND = "ResourcesNotFound"  # the REST API answered 404: published with resource null
+    ENRICH_ERRORS = "EnrichErrors"  # records failed back to SQS (redelivery, then the DLQ)
+    ENRICH_RETRIES = "EnrichRetries"  # REST calls repeated after a 401, 429, 5xx or a timeout
 
 
 _UNITS: dict[Metric, MetricUnit] = {

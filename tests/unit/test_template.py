@@ -18,7 +18,7 @@ from ohip_relay.telemetry import NAMESPACE, Metric
 
 from ..conftest import TEMPLATE
 
-SERVICES = {"stream", "poll"}
+SERVICES = {"stream", "poll", "enricher"}
 METRIC_NAMES = {m.value for m in Metric}
 
 # Which metric (namespace, name) each required alarm watches, and on which dimension values.
@@ -81,7 +81,9 @@ def test_queues_are_encrypted(resources: dict[str, Any], queue: str) -> None:
 
 def test_consumer_timeout_fits_the_visibility_timeout(resources: dict[str, Any]) -> None:
     visibility = resources["EventsQueue"]["Properties"]["VisibilityTimeout"]
-    assert resources["ExampleConsumerFunction"]["Properties"]["Timeout"] <= visibility
+    # AWS's advice for SQS event sources: visibility timeout >= 6 x the function's timeout.
+    for name in ("ExampleConsumerFunction", "EnricherFunction"):
+        assert 6 * resources[name]["Properties"]["Timeout"] <= visibility, name
 
 
 # -- tables and bucket -------------------------------------------------------------------------
@@ -131,7 +133,7 @@ def test_alarm_topic_is_encrypted_with_a_key_cloudwatch_may_use(resources: dict[
 
 def test_log_groups_have_retention_and_encryption(resources: dict[str, Any]) -> None:
     groups = _of_type(resources, "AWS::Logs::LogGroup")
-    assert set(groups) == {"StreamLogGroup", "PollLogGroup", "ConsumerLogGroup"}
+    assert set(groups) == {"StreamLogGroup", "PollLogGroup", "ConsumerLogGroup", "EnricherLogGroup"}
     for props in groups.values():
         assert props["RetentionInDays"] == {"Ref": "LogRetentionDays"}
         assert props["KmsKeyId"] == {"Fn::GetAtt": ["RelayKey", "Arn"]}
@@ -369,7 +371,11 @@ def test_dashboard_shows_lag_throughput_health_and_fallback(resources: dict[str,
 def test_dashboard_alarm_widget_lists_every_alarm(resources: dict[str, Any]) -> None:
     body = resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
     listed = set(re.findall(r"\$\{(\w+Alarm)\.Arn\}", body))
-    assert listed == set(_of_type(resources, "AWS::CloudWatch::Alarm"))
+    alarms = _of_type(resources, "AWS::CloudWatch::Alarm")
+    assert listed == {name for name in alarms if "Condition" not in resources[name]}
+    # Only the optional enricher's alarms are conditional (the dashboard cannot name a missing one).
+    conditional = {name for name in alarms if "Condition" in resources[name]}
+    assert {resources[n]["Condition"] for n in conditional} <= {"EnricherEnabled"}
 
 
 # -- suppressions and outputs ------------------------------------------------------------------
