@@ -104,6 +104,16 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import DoctorOptions, run_doctor
+
+    if not args.timeout > 0:
+        raise CommandError(f"doctor: --timeout must be a positive number of seconds, not {args.timeout:g}")
+    report = asyncio.run(run_doctor(os.environ, DoctorOptions(timeout=args.timeout)))
+    print(json.dumps(report.to_dict()) if args.json else report.to_text())
+    return report.exit_code
+
+
 def _local_gateway(args: argparse.Namespace) -> int:
     try:
         from ohip_local.gateway import GatewayConfig, serve_forever
@@ -163,6 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="print checkpoint, heartbeat, lag and lease")
     status.add_argument("--json", action="store_true", help="one JSON object")
     status.set_defaults(handler=_status)
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="check the setup (configuration, OHIP, AWS) step by step; stops at the first failure with the "
+        "next step to take; exit 0 when nothing failed, 1 on a failed check, 2 on bad configuration",
+    )
+    doctor.add_argument("--json", action="store_true", help="one JSON object")
+    doctor.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds for each network step (default 10)"
+    )
+    doctor.set_defaults(handler=_doctor)
 
     local = commands.add_parser("local", help="the local stack: OHIP gateway and AWS endpoint")
     local_commands = local.add_subparsers(dest="local_command", required=True, metavar="PART")
