@@ -28,6 +28,13 @@ run: $(STAMP) ## run the whole pipeline on the local stack (local OHIP gateway +
 test: $(STAMP) ## run the test suite (unit + integration over real sockets)
 	@$(BIN)/python -m pytest -q
 
+# The chaos suite (README "Chaos suite"): CHAOS_SCHEDULES seeded fault schedules from CHAOS_SEED.
+CHAOS_SCHEDULES ?= 20
+CHAOS_SEED ?= 1
+.PHONY: chaos
+chaos: $(STAMP) ## seeded fault schedules against the local stack; invariants checked (CHAOS_SCHEDULES, CHAOS_SEED)
+	@$(BIN)/ohip-relay local chaos --schedules $(CHAOS_SCHEDULES) --seed $(CHAOS_SEED)
+
 # -- infrastructure lint, build and deploy (template.yaml) ------------------------------------
 # The tools live in their own virtual environments, pinned, installed once per machine (stamp files):
 # aws-sam-cli and cfn-lint together; checkov apart (it pins an old `packaging`).

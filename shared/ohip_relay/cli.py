@@ -149,6 +149,27 @@ def _local_demo(args: argparse.Namespace) -> int:
     return status
 
 
+def _local_chaos(args: argparse.Namespace) -> int:
+    try:
+        from ohip_local.chaos import run_chaos
+    except ImportError as exc:  # pragma: no cover - only without the [local] extra
+        raise CommandError("the local stack is not installed: pip install 'ohip-relay[local]'") from exc
+    if args.schedules < 1:
+        raise CommandError("--schedules must be at least 1")
+    from pathlib import Path
+
+    out = Path(args.out) if args.out else None
+    results = run_chaos(
+        schedules=args.schedules,
+        seed=args.seed,
+        short=args.short,
+        verbose=args.verbose,
+        out=out,
+        minutes=args.minutes,
+    )
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ohip-relay",
@@ -211,6 +232,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=100.0, help="events per second (default 100)")
     demo.add_argument("--seed", type=int, default=1)
     demo.set_defaults(handler=_local_demo)
+
+    chaos = local_commands.add_parser(
+        "chaos", help="the `make chaos` suite: seeded fault schedules, delivery invariants checked"
+    )
+    chaos.add_argument("--schedules", type=int, default=20, help="how many schedules (default 20)")
+    chaos.add_argument("--seed", type=int, default=1, help="the first schedule's seed (default 1)")
+    chaos.add_argument("--short", action="store_true", help="the CI cut: fewer steps, smaller bursts")
+    chaos.add_argument("--out", help="append one JSON line per schedule to this file")
+    chaos.add_argument("--minutes", type=float, help="start no schedule after this many minutes")
+    chaos.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="each step, the relay's log"
+    )
+    chaos.set_defaults(handler=_local_chaos)
     return parser
 
 

@@ -1,0 +1,956 @@
+"""The chaos suite (`make chaos`, `ohip-relay local chaos`): seeded, reproducible fault schedules
+against the local stack, with the real consumer process and real poll ticks, and the delivery
+invariants checked after each schedule.
+
+A schedule is a list of steps drawn from `random.Random(seed)` (`generate_schedule`): emit bursts
+(paced or not, in the background so that other faults land mid-stream), connection drops (1006),
+closes with 4401, 4403, 4409, 4500 and 1011, token expiry (with or without a close), stalled pongs,
+backpressure bursts, SQS and DynamoDB errors, throttling, slowness and ambiguous failures through
+`faultproxy` (the relay's and the ticks' `AWS_ENDPOINT_URL`), kill -9 of the relay and a restart,
+an overlapping second relay (a deployment: the old one gets SIGTERM), an outage covered by poll
+ticks, Poll API 5xx / 429 / slow answers, and ticks that run out of time (`--time-limit`).
+
+Replay one schedule with `ohip-relay local chaos --seed N --schedules 1 -v`.
+
+The steps take no time of their own (emits run in the background): an AWS fault stays on through
+the steps after it. After the steps: the emits finish, the AWS faults run out (count or duration,
+at most `FAULT_GRACE`), a relay runs until every emitted event is on the queue (with a poll tick
+every `TICK_EVERY`, as the scheduled Lambda would run one every minute), SIGTERM, the reader drains
+the queue, then the invariants (`check_invariants`):
+
+- every emitted event (by `eventKey`) is on the queue at least once (`lost` = 0), and nothing else
+  is (`unexpected` = 0);
+- duplicates only of documented kinds (docs/event-format.md "Duplicates a consumer can still see",
+  docs/poll-fallback.md "Duplicates"): `stream replay` (stream copies with the same offset),
+  `channel overlap` (stream and poll copies), `poll repeat` (poll copies only: the fallback publishes
+  when the seen-set is unavailable, and re-delivers spilled pages); stream copies of one key with
+  different offsets are `undocumented` unless the gateway emitted that key at several offsets;
+- the checkpoint (sampled a few times a second, read from DynamoDB) never moved backward;
+- never two gateway connections at once (sampled `live_connections` <= 1, `conflicts` == 0);
+- no personal value of any emitted event (`StoredEvent.personal_values()`) in any relay or tick
+  log line;
+- every relay stopped with SIGTERM exited 0 (a relay is let finish its start-up, up to holding the
+  lease, before the harness stops it: ECS stops tasks that run).
+
+Deadlines are generous and the invariants hold whatever the timing: the machine may be slow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+
+from ohip_relay.events import from_poll
+from ohip_relay.state import StateStore
+
+from .aws import DEFAULT_REGION, ProvisionedStack, moto_server, provision
+from .control import ControlClient
+from .faultproxy import FaultProxy, FaultRule, running_fault_proxy
+from .gateway import GatewayConfig, LocalGateway
+from .harness import HarnessError, QueueReader, RelayProcess, wait_until
+from .poll import business_event_data
+from .stack import environment_for, find_template
+from .threaded import call_in_gateway, running_gateway
+
+log = logging.getLogger(__name__)
+
+# -- tunables --------------------------------------------------------------------------------------
+
+LEASE_SECONDS = 4.0  # a restart after kill -9 waits this long for the lease
+HEALTH_SECONDS = 3.0  # stale / grace / recover thresholds of the poll fallback
+DELIVERY_TIMEOUT = 420.0  # after the steps: every event on the queue within this (generous: slow CI)
+TICK_EVERY = 20.0  # while waiting for delivery, a poll tick this often (the Lambda runs every minute)
+SAMPLE_INTERVAL = 0.25
+FAULT_GRACE = 15.0  # after the steps, AWS faults stay on at most this long (until they run out)
+
+DOCUMENTED_KINDS = ("stream replay", "channel overlap", "poll repeat", "two changes one key")
+UNDOCUMENTED = "undocumented"
+
+STEP_KINDS = (
+    "emit",
+    "drop",
+    "close",
+    "expire_tokens",
+    "stall_pongs",
+    "backpressure",
+    "aws_fault",
+    "kill_restart",
+    "deploy",
+    "outage",
+    "poll_fault_tick",
+    "short_tick",
+    "pause",
+)
+
+
+# -- schedules (pure) -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        if not self.params:
+            return self.kind
+        inner = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.kind}({inner})"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    seed: int
+    steps: tuple[Step, ...]
+
+    def emitted_by_plan(self) -> int:
+        return sum(int(s.params.get("count", 0)) for s in self.steps if s.kind in ("emit", "backpressure"))
+
+    def describe(self) -> str:
+        return "; ".join(step.describe() for step in self.steps)
+
+
+_WEIGHTS: dict[str, float] = {
+    "drop": 3,
+    "close": 4,
+    "expire_tokens": 2,
+    "stall_pongs": 1.5,
+    "backpressure": 1.5,
+    "aws_fault": 5,
+    "kill_restart": 3,
+    "deploy": 1,
+    "outage": 1.5,
+    "poll_fault_tick": 1.5,
+    "short_tick": 1,
+    "pause": 1.5,
+}
+_SHORT_EXCLUDED = {"deploy"}  # each needs a second relay start: kept out of the CI cut
+
+
+def _fault_params(rng: random.Random) -> dict[str, Any]:
+    service = rng.choice(("sqs", "sqs", "dynamodb", "dynamodb", "dynamodb"))
+    errors = ["internal", "unavailable", "throttle", "slow"]
+    if service == "sqs":
+        errors += ["partial", "partial"]
+    error = rng.choice(errors)
+    operations: dict[str, tuple[str | None, ...]] = {
+        "sqs": (None, None, "SendMessageBatch"),
+        "dynamodb": (None, None, "UpdateItem", "PutItem", "GetItem", "BatchGetItem"),
+    }
+    params: dict[str, Any] = {
+        "service": service,
+        "error": error,
+        "operation": rng.choice(operations[service]),
+        "phase": rng.choice(("before", "after")) if error not in ("slow", "partial") else "before",
+    }
+    if rng.random() < 0.5:
+        params["count"] = rng.randint(1, 15)
+    else:
+        params["duration"] = round(rng.uniform(0.5, 6.0), 2)
+        params["probability"] = round(rng.uniform(0.2, 1.0), 2)
+    if error == "slow":
+        params["delay"] = round(rng.uniform(0.05, 1.5), 2)
+    return params
+
+
+def _step(kind: str, rng: random.Random, short: bool) -> Step:
+    if kind == "emit":
+        return Step(
+            kind,
+            {
+                "count": rng.randint(5, 60 if short else 150),
+                "rate": rng.choice((0, 50, 200, 1000)),
+            },
+        )
+    if kind == "close":
+        codes = (4401, 4401, 4500, 4500, 1011) if short else (4401, 4401, 4500, 4500, 1011, 4409, 4403)
+        code = rng.choice(codes)
+        params: dict[str, Any] = {"code": code}
+        # 4403: the relay would wait 300 s, so kill and restart it instead; 4409: at least 10 s,
+        # sometimes waited, sometimes not.
+        if code == 4403 or (code == 4409 and rng.random() < 0.5):
+            params["then_restart_after"] = round(rng.uniform(0.2, 3.0), 2)
+        return Step(kind, params)
+    if kind == "expire_tokens":
+        return Step(kind, {"close": rng.random() < 0.7})
+    if kind == "stall_pongs":
+        return Step(kind, {"seconds": round(rng.uniform(0.5, 6.0), 2)})
+    if kind == "backpressure":
+        return Step(kind, {"count": rng.randint(20, 80 if short else 250)})
+    if kind == "aws_fault":
+        return Step(kind, _fault_params(rng))
+    if kind == "kill_restart":
+        return Step(kind, {"delay": round(rng.uniform(0.0, 2.0), 2)})
+    if kind == "deploy":
+        return Step(kind, {"overlap": round(rng.uniform(0.5, 5.0), 2)})
+    if kind == "outage":
+        fault = rng.choice((None, None, "5xx", "429", "slow"))
+        outage: dict[str, Any] = {"ticks": rng.randint(1, 2), "poll_fault": fault}
+        if rng.random() < 0.4:
+            outage["aws_fault"] = _fault_params(rng)
+        return Step(kind, outage)
+    if kind == "poll_fault_tick":
+        mode = rng.choice(("5xx", "429", "slow"))
+        pf: dict[str, Any] = {"mode": mode, "count": rng.randint(1, 3)}
+        if mode == "slow":
+            pf["delay"] = round(rng.uniform(0.5, 3.0), 2)
+        return Step(kind, pf)
+    if kind == "short_tick":
+        return Step(kind, {"time_limit": round(rng.uniform(0.3, 3.0), 2)})
+    if kind == "pause":
+        return Step(kind, {"seconds": round(rng.uniform(0.1, 3.0), 2)})
+    if kind == "drop":
+        return Step(kind)
+    raise ValueError(f"unknown step kind {kind!r}")
+
+
+def generate_schedule(seed: int, *, short: bool = False) -> Schedule:
+    """The schedule of `seed`: the same steps for the same seed, on any machine.
+
+    Faults and emits alternate (an emit at least every other step, so every fault has traffic
+    around it); `short` (CI) draws fewer steps, smaller bursts, and no 4403/4409 or deployment.
+    """
+    rng = random.Random(seed)
+    kinds = [k for k in _WEIGHTS if not (short and k in _SHORT_EXCLUDED)]
+    weights = [_WEIGHTS[k] for k in kinds]
+    faults = rng.randint(2, 3) if short else rng.randint(3, 8)
+    steps: list[Step] = [_step("emit", rng, short)]
+    for _ in range(faults):
+        steps.append(_step(rng.choices(kinds, weights)[0], rng, short))
+        if rng.random() < 0.7:
+            steps.append(_step("emit", rng, short))
+    if steps[-1].kind != "emit":
+        steps.append(_step("emit", rng, short))
+    return Schedule(seed, tuple(steps))
+
+
+# -- invariants (pure) ----------------------------------------------------------------------------
+
+
+def classify_duplicates(
+    bodies: Iterable[Mapping[str, Any]], emitted_offsets: Mapping[str, Sequence[int]] | None = None
+) -> Counter[str]:
+    """Extra copies on the queue, by kind (see the module docstring). `emitted_offsets`: for each
+    event key, the offsets the gateway emitted it at (a key emitted twice is not a duplicate)."""
+    copies: dict[str, list[tuple[str, int | None]]] = {}
+    for body in bodies:
+        offset = body.get("offset")
+        copies.setdefault(str(body["eventKey"]), []).append(
+            (str(body.get("source")), None if offset is None else int(offset))
+        )
+    kinds: Counter[str] = Counter()
+    for key, seen in copies.items():
+        distinct_events = len((emitted_offsets or {}).get(key, ())) or 1
+        extra = len(seen) - distinct_events
+        if extra <= 0:
+            continue
+        stream = {offset for source, offset in seen if source == "stream"}
+        polled = sum(1 for source, _ in seen if source == "poll")
+        if len(stream) > distinct_events:
+            kinds[UNDOCUMENTED] += extra
+        elif distinct_events > 1:
+            kinds["two changes one key"] += extra
+        elif stream and polled:
+            kinds["channel overlap"] += extra
+        elif polled:
+            kinds["poll repeat"] += extra
+        else:
+            kinds["stream replay"] += extra
+    return kinds
+
+
+def checkpoint_regressions(samples: Sequence[int | None]) -> list[tuple[int, int]]:
+    """(before, after) pairs where a later sample is lower than an earlier one."""
+    out: list[tuple[int, int]] = []
+    highest: int | None = None
+    for value in samples:
+        if value is None:
+            continue
+        if highest is not None and value < highest:
+            out.append((highest, value))
+        highest = value if highest is None else max(highest, value)
+    return out
+
+
+def personal_data_hits(lines: Iterable[str], values: Iterable[str]) -> list[str]:
+    """Log lines that contain a personal value as a whole word (case-sensitive)."""
+    wanted = sorted({v for v in values if v and v.strip()}, key=len, reverse=True)
+    if not wanted:
+        return []
+    pattern = re.compile(r"(?<![\w@.+-])(?:" + "|".join(re.escape(v) for v in wanted) + r")(?![\w@-])")
+    return [line for line in lines if pattern.search(line)]
+
+
+@dataclass
+class Verdict:
+    emitted: int
+    messages: int
+    delivered: int
+    lost: list[str]
+    unexpected: list[str]
+    duplicates: Counter[str]
+    regressions: list[tuple[int, int]]
+    max_live_connections: int
+    conflicts: int
+    pii_lines: list[str]
+    bad_exits: list[int]
+
+    @property
+    def duplicate_total(self) -> int:
+        return sum(self.duplicates.values())
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.lost:
+            out.append(f"{len(self.lost)} lost")
+        if self.unexpected:
+            out.append(f"{len(self.unexpected)} unexpected keys")
+        if self.duplicates.get(UNDOCUMENTED):
+            out.append(f"{self.duplicates[UNDOCUMENTED]} undocumented duplicates")
+        if self.regressions:
+            out.append(f"checkpoint moved backward {self.regressions[:3]}")
+        if self.max_live_connections > 1:
+            out.append(f"{self.max_live_connections} gateway connections at once")
+        if self.conflicts:
+            out.append(f"{self.conflicts} gateway conflicts (4409 for a second subscriber)")
+        if self.pii_lines:
+            out.append(f"personal data in {len(self.pii_lines)} log lines")
+        if self.bad_exits:
+            out.append(f"relay exit status after SIGTERM {self.bad_exits}")
+        return out
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems()
+
+
+def check_invariants(
+    *,
+    emitted: Mapping[int, str],
+    bodies: Sequence[Mapping[str, Any]],
+    checkpoints: Sequence[int | None],
+    live_connections: Sequence[int],
+    conflicts: int,
+    personal_values: Iterable[str],
+    log_lines: Iterable[str],
+    sigterm_exits: Sequence[int] = (),
+) -> Verdict:
+    """Every invariant of a finished schedule. `emitted`: offset -> event key of every event the
+    gateway emitted; `bodies`: every message read from the queue, in order."""
+    by_key: dict[str, list[int]] = {}
+    for offset, key in emitted.items():
+        by_key.setdefault(key, []).append(offset)
+    delivered = Counter(str(b["eventKey"]) for b in bodies)
+    return Verdict(
+        emitted=len(emitted),
+        messages=len(bodies),
+        delivered=len(set(delivered) & set(by_key)),
+        lost=sorted(set(by_key) - set(delivered)),
+        unexpected=sorted(set(delivered) - set(by_key)),
+        duplicates=classify_duplicates(bodies, by_key),
+        regressions=checkpoint_regressions(checkpoints),
+        max_live_connections=max(live_connections, default=0),
+        conflicts=conflicts,
+        pii_lines=personal_data_hits(log_lines, personal_values),
+        bad_exits=[code for code in sigterm_exits if code != 0],
+    )
+
+
+# -- results ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScheduleResult:
+    seed: int
+    steps: int
+    plan: str
+    emitted: int = 0
+    messages: int = 0
+    delivered: int = 0
+    lost: int = 0
+    unexpected: int = 0
+    duplicates: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    injected: dict[str, int] = field(default_factory=dict)
+    proxied: dict[str, int] = field(default_factory=dict)  # requests passed through, not faulted
+    close_codes: dict[str, int] = field(default_factory=dict)
+    lost_keys: list[str] = field(default_factory=list)
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def row(self) -> str:
+        dups = sum(self.duplicates.values())
+        status = "ok" if self.ok else "FAIL: " + "; ".join(self.problems)
+        return (
+            f"{self.seed:>6} {self.steps:>5} {self.emitted:>7} {self.delivered:>9} {dups:>5} "
+            f"{self.lost:>4} {self.duration:>7.1f}s  {status}"
+        )
+
+
+TABLE_HEADER = (
+    f"{'seed':>6} {'steps':>5} {'emitted':>7} {'delivered':>9} {'dups':>5} {'lost':>4} {'time':>8}  verdict"
+)
+
+
+def summarise(results: Sequence[ScheduleResult], wall: float) -> list[str]:
+    kinds: Counter[str] = Counter()
+    for r in results:
+        kinds.update(r.duplicates)
+    failed = [r for r in results if not r.ok]
+    seeds = sorted(r.seed for r in results)
+    lines = [
+        f"schedules {len(results)} (seeds {seeds[0]}-{seeds[-1]})" if seeds else "schedules 0",
+        f"  events emitted {sum(r.emitted for r in results)}, "
+        f"messages read {sum(r.messages for r in results)}",
+        f"  lost {sum(r.lost for r in results)}, unexpected {sum(r.unexpected for r in results)}",
+        "  duplicates "
+        + (", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) if kinds else "none"),
+        f"  failed schedules {len(failed)}"
+        + (f" (seeds {', '.join(str(r.seed) for r in failed)})" if failed else ""),
+        f"  took {wall:.0f}s ({wall / max(1, len(results)):.1f}s per schedule)",
+    ]
+    return lines
+
+
+# -- the runner ------------------------------------------------------------------------------------
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _dynamodb(endpoint: str, region: str) -> Any:
+    return boto3.client(
+        "dynamodb",
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",  # noqa: S106 - moto's fixed local credentials
+    )
+
+
+def _sqs(endpoint: str, region: str) -> Any:
+    return boto3.client(
+        "sqs",
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",  # noqa: S106 - moto's fixed local credentials
+    )
+
+
+class _Sampler:
+    """Samples the stored checkpoint and the gateway's live connections while a schedule runs."""
+
+    def __init__(self, state: StateStore, control: ControlClient) -> None:
+        self.state = state
+        self.control = control
+        self.checkpoints: list[int | None] = []
+        self.live: list[int] = []
+        self.conflicts = 0
+        self.close_codes: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="chaos-sampler")
+
+    def __enter__(self) -> _Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self.sample()
+
+    def sample(self) -> None:
+        try:
+            checkpoint = self.state.get_checkpoint()
+            self.checkpoints.append(checkpoint.offset if checkpoint else None)
+        except Exception as exc:  # a sample is best effort
+            log.debug("checkpoint sample failed: %s", exc)
+        try:
+            streaming = self.control.state()["streaming"]
+            self.live.append(int(streaming["live_connections"]))
+            self.conflicts = int(streaming["conflicts"])
+            self.close_codes = dict(streaming.get("close_codes", {}))
+        except Exception as exc:
+            log.debug("gateway sample failed: %s", exc)
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_INTERVAL):
+            self.sample()
+
+
+class _Run:
+    """One schedule on a fresh gateway, a freshly provisioned table and queue, and a fault proxy."""
+
+    def __init__(
+        self,
+        schedule: Schedule,
+        *,
+        gateway: LocalGateway,
+        config: GatewayConfig,
+        stack: ProvisionedStack,
+        proxy: FaultProxy,
+        verbose: bool,
+    ) -> None:
+        self.schedule = schedule
+        self.gateway = gateway
+        self.config = config
+        self.stack = stack
+        self.proxy = proxy
+        self.verbose = verbose
+        self.control = ControlClient(gateway.control_url, timeout=120)
+        self.chain = config.chains[0]
+        self.cwd = Path(os.getcwd())
+        self.env = {
+            **environment_for(stack),
+            "AWS_ENDPOINT_URL": proxy.url,  # the relay and the ticks go through the fault proxy
+            "OHIP_GATEWAY_URL": gateway.url,
+            "OHIP_CLIENT_ID": config.client_id,
+            "OHIP_CLIENT_SECRET": config.client_secret,
+            "OHIP_APP_KEY": config.app_key,
+            "OHIP_ENTERPRISE_ID": config.enterprise_id,
+            "OHIP_CHAIN_CODE": self.chain,
+            "OHIP_EXTERNAL_SYSTEM": config.external_systems[0],
+            "RELAY_START_POSITION": "earliest",
+            "RELAY_LEASE_SECONDS": f"{LEASE_SECONDS:g}",
+            "RELAY_HEARTBEAT_SECONDS": f"{HEALTH_SECONDS / 3:g}",  # well inside the stale threshold
+            "RELAY_HEALTH_STALE_SECONDS": f"{HEALTH_SECONDS:g}",
+            "RELAY_HEALTH_GRACE_SECONDS": f"{HEALTH_SECONDS:g}",
+            "RELAY_HEALTH_RECOVER_SECONDS": f"{HEALTH_SECONDS:g}",
+            "POWERTOOLS_METRICS_DISABLED": "true",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.state = StateStore(_dynamodb(stack.endpoint_url, stack.region), stack.table_name, self.chain)
+        self.sqs = _sqs(stack.endpoint_url, stack.region)  # moto itself, not the fault proxy
+        self.relays: list[RelayProcess] = []
+        self.relay: RelayProcess | None = None
+        self.tick_lines: list[str] = []
+        self.sigterm_exits: list[int] = []
+        self.notes: list[str] = []
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def say(self, text: str) -> None:
+        if self.verbose:
+            _say(f"  [{self.schedule.seed}] {text}")
+
+    def start_relay(self) -> RelayProcess:
+        echo = (lambda line: _say(f"      relay | {line}")) if self.verbose else None
+        relay = RelayProcess(["stream"], self.env, echo=echo, cwd=self.cwd).start()
+        self.relays.append(relay)
+        return relay
+
+    def ensure_relay(self) -> RelayProcess:
+        """The current relay, restarted if it exited on its own (noted: it should not)."""
+        if self.relay is None or self.relay.returncode is not None:
+            if self.relay is not None:
+                code = self.relay.wait(10)
+                self.notes.append(f"relay exited on its own with {code}")
+                self.say(f"relay exited on its own with {code}; restarting")
+            self.relay = self.start_relay()
+        return self.relay
+
+    def kill(self) -> None:
+        if self.relay is not None and self.relay.returncode is None:
+            self.relay.kill()
+
+    def await_running(self, relay: RelayProcess, timeout: float = 180.0) -> None:
+        """Until `relay` holds the lease (it is past its start-up, its SIGTERM handler installed)
+        or has exited; an exit here is a harness error with the relay's last log lines."""
+        wait_until(
+            lambda: relay.saw("lease acquired") or relay.returncode is not None,
+            timeout=timeout,
+            interval=0.1,
+            what="the relay to acquire the lease",
+        )
+        if relay.returncode is not None and not relay.saw("lease acquired"):
+            tail = " | ".join(relay.lines[-5:])
+            raise HarnessError(f"the relay exited with {relay.returncode} while starting: {tail}")
+
+    def sigterm(self, relay: RelayProcess, timeout: float = 120.0) -> None:
+        """The clean stop of a running task. A relay still starting up is first let start, as ECS
+        stops a task that has been running: a SIGTERM before Python installed the handler would
+        only end a process that has not read anything yet."""
+        if relay.returncode is not None:
+            return
+        try:
+            self.await_running(relay)
+        except HarnessError as exc:
+            self.notes.append(str(exc))
+        if relay.returncode is not None:
+            return
+        try:
+            self.sigterm_exits.append(relay.terminate(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            self.notes.append(f"relay did not stop within {timeout:g}s of SIGTERM; killed")
+            self.sigterm_exits.append(-9)
+            relay.kill()
+
+    def tick(self, time_limit: float = 30.0) -> str:
+        tick = subprocess.run(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "ohip_relay.cli", "poll", "--time-limit", f"{time_limit:g}"],
+            env={**os.environ, **self.env},
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            timeout=max(120.0, time_limit * 4),
+            check=False,
+        )
+        self.tick_lines += tick.stdout.splitlines() + tick.stderr.splitlines()
+        summary = (tick.stdout.strip() or tick.stderr.strip() or "(no output)").splitlines()[-1]
+        self.say(f"tick (limit {time_limit:g}s, exit {tick.returncode}): {summary}")
+        return summary
+
+    def events(self) -> list[Any]:
+        return call_in_gateway(self.gateway, lambda: self.gateway.source.all_events(self.chain), timeout=60)
+
+    def heartbeat_age(self) -> float:
+        heartbeat = self.state.get_heartbeat()
+        return float("inf") if heartbeat is None else heartbeat.age(time.time())
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def run_step(self, step: Step) -> None:
+        p = step.params
+        self.say(step.describe())
+        if step.kind == "emit":
+            self.control.emit(int(p["count"]), rate=float(p["rate"]), wait=False)
+        elif step.kind == "drop":
+            self.control.drop()
+        elif step.kind == "close":
+            self.control.close(int(p["code"]), "chaos")
+            if "then_restart_after" in p:
+                time.sleep(float(p["then_restart_after"]))
+                self.kill()
+                self.relay = self.start_relay()
+        elif step.kind == "expire_tokens":
+            self.control.expire_tokens(close_connections=bool(p["close"]))
+        elif step.kind == "stall_pongs":
+            self.control.stall_pongs(True)
+            try:
+                time.sleep(float(p["seconds"]))
+            finally:
+                self.control.stall_pongs(False)
+        elif step.kind == "backpressure":
+            self.control.backpressure(int(p["count"]))
+            self.control.emit(int(p["count"]), rate=0, wait=False)
+        elif step.kind == "aws_fault":
+            self.proxy.add(FaultRule(**p))
+        elif step.kind == "kill_restart":
+            self.kill()
+            time.sleep(float(p["delay"]))
+            self.relay = self.start_relay()
+        elif step.kind == "deploy":
+            old = self.ensure_relay()
+            self.await_running(old)  # the old task was running when the deployment began
+            self.relay = self.start_relay()
+            time.sleep(float(p["overlap"]))
+            self.sigterm(old)
+        elif step.kind == "outage":
+            self.kill()
+            if p.get("aws_fault"):
+                self.proxy.add(FaultRule(**p["aws_fault"]))
+            if p.get("poll_fault"):
+                mode = p["poll_fault"]
+                extra: dict[str, Any] = {"delay": 1.0} if mode == "slow" else {"count": 1}
+                self.control.poll_fault(mode, **extra)
+            try:
+                wait_until(
+                    lambda: self.heartbeat_age() > HEALTH_SECONDS + 0.5,
+                    timeout=120,
+                    interval=0.2,
+                    what="the heartbeat to go stale",
+                )
+            except HarnessError as exc:
+                self.notes.append(str(exc))
+            for _ in range(int(p["ticks"])):
+                self.tick()
+            self.control.poll_fault("off")
+            self.relay = self.start_relay()
+        elif step.kind == "poll_fault_tick":
+            extra = {k: p[k] for k in ("count", "delay") if k in p}
+            self.control.poll_fault(p["mode"], **extra)
+            self.tick()
+            self.control.poll_fault("off")
+        elif step.kind == "short_tick":
+            self.tick(float(p["time_limit"]))
+        elif step.kind == "pause":
+            time.sleep(float(p["seconds"]))
+        else:  # pragma: no cover - generate_schedule only draws known kinds
+            raise ValueError(step.kind)
+
+    # -- the whole schedule ------------------------------------------------------------------
+
+    def run(self, reader: QueueReader, sampler: _Sampler) -> None:
+        self.relay = self.start_relay()
+        self.await_running(self.relay)
+        for step in self.schedule.steps:
+            if step.kind not in ("kill_restart", "outage", "deploy"):
+                self.ensure_relay()
+            self.run_step(step)
+        self.settle(reader)
+
+    def settle(self, reader: QueueReader) -> None:
+        """The emits finished and the AWS faults run out, then every event awaited on the queue with
+        a relay up, SIGTERM, and the queue drained."""
+        self.control.poll_fault("off")
+        self.control.stall_pongs(False)
+        wait_until(
+            lambda: self.control.state()["background_emits"] == 0, timeout=300, interval=0.2, what="emits"
+        )
+        keys = self.emitted_keys()
+        # An AWS fault stays on through the steps after it (the steps themselves take no time, the
+        # emits run in the background): until its count or duration runs out, every event is on
+        # the queue, or FAULT_GRACE passes.
+        grace_until = time.monotonic() + FAULT_GRACE
+        while self.proxy.active() and time.monotonic() < grace_until:
+            self.ensure_relay()
+            if set(keys.values()) <= set(reader.snapshot().keys()):
+                break
+            time.sleep(0.2)
+        self.proxy.clear()
+        self.ensure_relay()
+        deadline = time.monotonic() + DELIVERY_TIMEOUT
+        next_tick = time.monotonic() + TICK_EVERY
+        while not set(keys.values()) <= set(reader.snapshot().keys()):
+            if time.monotonic() > deadline:
+                self.notes.append(f"not every event on the queue after {DELIVERY_TIMEOUT:g}s")
+                break
+            self.ensure_relay()
+            if time.monotonic() > next_tick:
+                self.tick()  # re-delivers spilled pages, as the scheduled Lambda would
+                next_tick = time.monotonic() + TICK_EVERY
+            time.sleep(0.2)
+        assert self.relay is not None
+        self.sigterm(self.relay)
+        # Every writer has stopped: what the SIGTERM flushed is on the queue. The reader appends a
+        # message before it deletes it, so an empty queue (nothing visible, in flight or delayed)
+        # means the reader holds every message.
+        try:
+            wait_until(self.queue_empty, timeout=120, interval=0.2, what="the reader to drain the queue")
+        except HarnessError as exc:
+            self.notes.append(str(exc))
+
+    def queue_empty(self) -> bool:
+        names = [
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ]
+        attributes = self.sqs.get_queue_attributes(QueueUrl=self.stack.queue_url, AttributeNames=names)
+        return all(int(attributes["Attributes"].get(name, "0")) == 0 for name in names)
+
+    def emitted_keys(self) -> dict[int, str]:
+        now = datetime.now(UTC)
+        return {
+            e.offset: from_poll(business_event_data(e), self.chain, now).event_key for e in self.events()
+        }
+
+    def cleanup(self) -> None:
+        for relay in self.relays:
+            if relay.returncode is None:
+                relay.kill()
+
+
+def _reset_moto(endpoint: str) -> None:
+    httpx.post(f"{endpoint}/moto-api/reset", timeout=60).raise_for_status()
+
+
+def run_schedule(
+    schedule: Schedule, *, moto_endpoint: str, template: Path, verbose: bool = False
+) -> ScheduleResult:
+    """Run one schedule on a clean local stack (moto reset and provisioned again) and check it."""
+    started = time.monotonic()
+    result = ScheduleResult(seed=schedule.seed, steps=len(schedule.steps), plan=schedule.describe())
+    _reset_moto(moto_endpoint)
+    stack = provision(moto_endpoint, template, stack_name="ohip-relay-chaos", region=DEFAULT_REGION)
+    config = GatewayConfig(seed=schedule.seed)
+    with running_gateway(config) as gateway, running_fault_proxy(moto_endpoint, seed=schedule.seed) as proxy:
+        run = _Run(schedule, gateway=gateway, config=config, stack=stack, proxy=proxy, verbose=verbose)
+        reader = QueueReader(stack.queue_url, endpoint_url=moto_endpoint, region=stack.region)
+        sampler = _Sampler(run.state, run.control)
+        try:
+            with reader, sampler:
+                try:
+                    run.run(reader, sampler)
+                except (HarnessError, subprocess.TimeoutExpired) as exc:
+                    run.notes.append(f"harness: {exc}")
+                    result.problems.append(f"harness: {exc}")
+                finally:
+                    run.cleanup()
+            emitted = run.emitted_keys()
+            personal: set[str] = set()
+            for event in run.events():
+                personal |= event.personal_values()
+        finally:
+            run.cleanup()
+        lines = [line for relay in run.relays for line in relay.lines] + run.tick_lines
+        verdict = check_invariants(
+            emitted=emitted,
+            bodies=reader.snapshot().bodies,
+            checkpoints=sampler.checkpoints,
+            live_connections=sampler.live,
+            conflicts=sampler.conflicts,
+            personal_values=personal,
+            log_lines=lines,
+            sigterm_exits=run.sigterm_exits,
+        )
+        result.injected = dict(proxy.stats()["injected"])
+        result.proxied = dict(proxy.stats()["requests"])
+    result.emitted = verdict.emitted
+    result.messages = verdict.messages
+    result.delivered = verdict.delivered
+    result.lost = len(verdict.lost)
+    result.lost_keys = verdict.lost[:20]
+    result.unexpected = len(verdict.unexpected)
+    result.duplicates = dict(verdict.duplicates)
+    result.problems += verdict.problems()
+    result.notes = run.notes
+    result.close_codes = sampler.close_codes
+    result.duration = time.monotonic() - started
+    if verdict.lost:
+        _say(f"  seed {schedule.seed}: LOST {len(verdict.lost)} events; relay logs follow")
+        dump = Path(f"chaos-lost-seed-{schedule.seed}.log")
+        dump.write_text(
+            "\n".join(
+                [f"plan: {schedule.describe()}", f"lost keys: {verdict.lost}", f"injected: {result.injected}"]
+                + [f"--- relay {i} ---\n" + relay.log() for i, relay in enumerate(run.relays)]
+                + ["--- ticks ---"]
+                + run.tick_lines
+            )
+        )
+        _say(f"  details in {dump}")
+    return result
+
+
+def run_chaos(
+    *,
+    schedules: int,
+    seed: int,
+    short: bool = False,
+    verbose: bool = False,
+    out: Path | None = None,
+    on_result: Callable[[ScheduleResult], None] | None = None,
+    minutes: float | None = None,
+) -> list[ScheduleResult]:
+    """Run schedules `seed` .. `seed + schedules - 1`; print a row per schedule and a summary.
+    `minutes`: start no schedule after this much wall time (the summary says how many ran)."""
+    noisy = ["werkzeug", "botocore", "urllib3", "aiohttp", "httpx", "httpcore", "moto", "asyncio"]
+    quieted = {name: logging.getLogger(name).level for name in noisy + ([] if verbose else ["ohip_local"])}
+    for name in quieted:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # SIGTERM (`kill`, a CI timeout) unwinds like Ctrl-C, so that no relay process outlives the run.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return _run_chaos(
+            schedules=schedules,
+            seed=seed,
+            short=short,
+            verbose=verbose,
+            out=out,
+            on_result=on_result,
+            minutes=minutes,
+        )
+    finally:
+        for name, level in quieted.items():
+            logging.getLogger(name).setLevel(level)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _run_chaos(
+    *,
+    schedules: int,
+    seed: int,
+    short: bool,
+    verbose: bool,
+    out: Path | None,
+    on_result: Callable[[ScheduleResult], None] | None,
+    minutes: float | None,
+) -> list[ScheduleResult]:
+    template = find_template()
+    started = time.monotonic()
+    results: list[ScheduleResult] = []
+    _say(f"ohip-relay chaos: {schedules} schedule(s) from seed {seed}{' (short)' if short else ''}")
+    _say(f"  replay one: ohip-relay local chaos --seed N --schedules 1{' --short' if short else ''} -v")
+    _say(TABLE_HEADER)
+    with moto_server("127.0.0.1", 0) as endpoint:
+        for n in range(seed, seed + schedules):
+            if minutes is not None and time.monotonic() - started > minutes * 60:
+                _say(f"  time budget of {minutes:g} min used: stopping before seed {n}")
+                break
+            schedule = generate_schedule(n, short=short)
+            if verbose:
+                _say(f"  [{n}] plan: {schedule.describe()}")
+            try:
+                result = run_schedule(schedule, moto_endpoint=endpoint, template=template, verbose=verbose)
+            except Exception as exc:  # the harness broke (its relays are killed): count it, go on
+                log.exception("schedule %s: the harness failed", n)
+                result = ScheduleResult(seed=n, steps=len(schedule.steps), plan=schedule.describe())
+                result.problems.append(f"harness: {type(exc).__name__}: {exc}")
+            results.append(result)
+            _say(result.row())
+            if verbose and result.notes:
+                _say(f"         notes: {'; '.join(result.notes)}")
+            if out is not None:
+                with out.open("a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({**asdict(result), "short": short}) + "\n")
+            if on_result is not None:
+                on_result(result)
+    for line in summarise(results, time.monotonic() - started):
+        _say(line)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - `python -m ohip_local.chaos`
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m ohip_local.chaos")
+    parser.add_argument("--schedules", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--short", action="store_true")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--minutes", type=float)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    results = run_chaos(
+        schedules=args.schedules,
+        seed=args.seed,
+        short=args.short,
+        verbose=args.verbose,
+        out=args.out,
+        minutes=args.minutes,
+    )
+    return 0 if all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""`ohip-relay local chaos`: its arguments (a real run is in test_chaos_run.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ohip_relay.cli import CommandError, build_parser
+
+
+def test_the_chaos_command_takes_the_make_target_arguments() -> None:
+    args = build_parser().parse_args(["local", "chaos", "--seed", "17", "--schedules", "3", "-v"])
+    assert (args.seed, args.schedules, args.verbose, args.short, args.minutes) == (17, 3, True, False, None)
+    quiet = build_parser().parse_args(["local", "chaos", "--short"])
+    assert (quiet.seed, quiet.schedules, quiet.verbose, quiet.short) == (1, 20, False, True)
+    assert build_parser().parse_args(["-v", "local", "chaos"]).verbose is True
+
+
+def test_zero_schedules_is_a_usage_error() -> None:
+    args = build_parser().parse_args(["local", "chaos", "--schedules", "0"])
+    with pytest.raises(CommandError, match="--schedules must be at least 1"):
+        args.handler(args)
