@@ -80,6 +80,15 @@ _ORACLE_TIME = re.compile(
     r"\s*([AaPp][Mm])?\s*([Zz]|UTC|GMT|[+-]\d{2}:?\d{2})?$"
 )
 _DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})(?:[T ].*)?$")
+_NON_WORD = re.compile(r"[^A-Za-z0-9]+")
+# What json.dumps(..., separators=(",", ":"), ensure_ascii=True) builds on every call, built once.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+# Canonical spellings of the names seen so far (event, element and module names repeat endlessly);
+# bounded, so that a stream of ever new names cannot grow them without limit.
+_CACHE_LIMIT = 4096
+_NAMES: dict[str, str] = {}
+_MODULE_NAMES: dict[str, str] = {}
+_CHAIN_CODES_SEEN: set[str] = set()
 
 
 class MalformedEvent(ValueError):
@@ -111,15 +120,16 @@ class DetailElement:
 
     def to_dict(self) -> dict[str, str]:
         out = {"elementName": self.element_name, "oldValue": self.old_value, "newValue": self.new_value}
-        for name, value in (
-            ("scopeFrom", self.scope_from),
-            ("scopeTo", self.scope_to),
-            ("elementSequence", self.element_sequence),
-            ("elementType", self.element_type),
-            ("elementRole", self.element_role),
-        ):
-            if value is not None:
-                out[name] = value
+        if self.scope_from is not None:
+            out["scopeFrom"] = self.scope_from
+        if self.scope_to is not None:
+            out["scopeTo"] = self.scope_to
+        if self.element_sequence is not None:
+            out["elementSequence"] = self.element_sequence
+        if self.element_type is not None:
+            out["elementType"] = self.element_type
+        if self.element_role is not None:
+            out["elementRole"] = self.element_role
         return out
 
 
@@ -164,7 +174,7 @@ class CanonicalEvent:
 
     def to_json(self) -> str:
         """Compact JSON, keys in the documented order, ASCII only (always a valid SQS body)."""
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=True)
+        return _COMPACT_JSON.encode(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str | bytes) -> CanonicalEvent:
@@ -373,8 +383,11 @@ def _build(
     offset: str | None,
     unique_event_id: str | None,
 ) -> CanonicalEvent:
-    if not isinstance(chain_code, str) or not _CHAIN_CODE.match(chain_code):
-        raise ValueError("chain_code must be 1-20 characters of A-Z a-z 0-9 space _ % # $ & -")
+    if type(chain_code) is not str or chain_code not in _CHAIN_CODES_SEEN:
+        if not isinstance(chain_code, str) or not _CHAIN_CODE.match(chain_code):
+            raise ValueError("chain_code must be 1-20 characters of A-Z a-z 0-9 space _ % # $ & -")
+        if len(_CHAIN_CODES_SEEN) < _CACHE_LIMIT:
+            _CHAIN_CODES_SEEN.add(chain_code)
     if relayed_at.tzinfo is None or relayed_at.utcoffset() is None:
         raise ValueError("relayed_at must be timezone-aware")
     stream = source == "stream"
@@ -382,7 +395,9 @@ def _build(
     hotel = _id_text(hotel_id, prefix + "hotelId")
     if hotel is not None and len(hotel) > 20:
         raise MalformedEvent(prefix + "hotelId", "longer than 20 characters")
-    name = canonical_event_name(event_name, "eventName" if stream else "header.actionType")
+    name = _NAMES.get(event_name) if type(event_name) is str else None
+    if name is None:
+        name = _cached_name(event_name, "eventName" if stream else "header.actionType")
     primary = _id_text(primary_key, prefix + "primaryKey")
     if primary is None:
         raise MalformedEvent(prefix + "primaryKey")
@@ -393,7 +408,7 @@ def _build(
         detail = []
     if not isinstance(detail, list):
         raise MalformedEvent(detail_field, "not a list")
-    elements = tuple(_detail_from_ohip(item, f"{detail_field}[{i}]") for i, item in enumerate(detail))
+    elements = tuple([_detail_from_ohip(item, detail_field, i) for i, item in enumerate(detail)])
     key = event_key(
         hotel_id=hotel,
         event_name=name,
@@ -420,20 +435,45 @@ def _build(
     )
 
 
-def _detail_from_ohip(item: object, where: str) -> DetailElement:
+def _detail_from_ohip(item: object, detail_field: str, index: int) -> DetailElement:
+    # The hot path of both channels: field names for error messages are only built when needed,
+    # and the common values (strings, nulls) skip the general converters.
     if not isinstance(item, Mapping):
-        raise MalformedEvent(where, "not an object")
-    name = item.get("elementName", item.get("dataElement"))
+        raise MalformedEvent(f"{detail_field}[{index}]", "not an object")
+    get = item.get
+    name = get("elementName") if "elementName" in item else get("dataElement")
+    element_name = _NAMES.get(name) if type(name) is str else None
+    if element_name is None:
+        element_name = _cached_name(name, f"{detail_field}[{index}].elementName")
+    old, new = get("oldValue"), get("newValue")
+    if type(old) is not str:
+        old = _value_text(old, f"{detail_field}[{index}].oldValue")
+    if type(new) is not str:
+        new = _value_text(new, f"{detail_field}[{index}].newValue")
+    scope_from, scope_to = get("scopeFrom"), get("scopeTo")
+    sequence, kind, role = get("elementSequence"), get("elementType"), get("elementRole")
     return DetailElement(
-        element_name=canonical_element_name(name, where + ".elementName"),
-        old_value=_value_text(item.get("oldValue"), where + ".oldValue"),
-        new_value=_value_text(item.get("newValue"), where + ".newValue"),
-        scope_from=_scope_date(item.get("scopeFrom"), where + ".scopeFrom"),
-        scope_to=_scope_date(item.get("scopeTo"), where + ".scopeTo"),
-        element_sequence=_id_text(item.get("elementSequence"), where + ".elementSequence"),
-        element_type=_id_text(item.get("elementType"), where + ".elementType"),
-        element_role=_id_text(item.get("elementRole"), where + ".elementRole"),
+        element_name=element_name,
+        old_value=old,
+        new_value=new,
+        scope_from=None
+        if scope_from is None
+        else _scope_date(scope_from, f"{detail_field}[{index}].scopeFrom"),
+        scope_to=None if scope_to is None else _scope_date(scope_to, f"{detail_field}[{index}].scopeTo"),
+        element_sequence=None
+        if sequence is None
+        else _id_text(sequence, f"{detail_field}[{index}].elementSequence"),
+        element_type=None if kind is None else _id_text(kind, f"{detail_field}[{index}].elementType"),
+        element_role=None if role is None else _id_text(role, f"{detail_field}[{index}].elementRole"),
     )
+
+
+def _cached_name(value: object, field: str) -> str:
+    """`canonical_event_name`, remembered for string values."""
+    name = canonical_event_name(value, field)
+    if type(value) is str and len(_NAMES) < _CACHE_LIMIT:
+        _NAMES[value] = name
+    return name
 
 
 def _detail_from_dict(item: object, index: int) -> DetailElement:
@@ -480,6 +520,10 @@ def canonical_module(value: object, field: str = "moduleName") -> str:
     """A module name or number in its one spelling: `"Reservation"`, `"RESERVATION"` and `16` all
     give `"RESERVATION"`; `"BlockOffsets"` gives `"BLOCK_OFFSETS"`. Unknown numbers stay as their
     digits (`"42"`); unknown names are upper-cased with words joined by "_"."""
+    if type(value) is str:
+        known = _MODULE_NAMES.get(value)
+        if known is not None:
+            return known
     number = _as_int(value)
     if number is not None:
         if number < 0:
@@ -487,13 +531,16 @@ def canonical_module(value: object, field: str = "moduleName") -> str:
         return MODULE_NUMBERS.get(number, str(number))
     if not isinstance(value, str):
         raise MalformedEvent(field)
-    words = [w for w in re.split(r"[^A-Za-z0-9]+", _CAMEL.sub(" ", value.strip())) if w]
+    words = [w for w in _NON_WORD.split(_CAMEL.sub(" ", value.strip())) if w]
     if not words:
         raise MalformedEvent(field)
     spelled = "_".join(words).upper()
     if len(spelled) > 80:
         raise MalformedEvent(field, "longer than 80 characters")
-    return _MODULES_BY_LETTERS.get(spelled.replace("_", ""), spelled)
+    module = _MODULES_BY_LETTERS.get(spelled.replace("_", ""), spelled)
+    if type(value) is str and len(_MODULE_NAMES) < _CACHE_LIMIT:
+        _MODULE_NAMES[value] = module
+    return module
 
 
 def canonical_event_name(value: object, field: str = "eventName") -> str:
@@ -528,7 +575,8 @@ def parse_timestamp(value: object, field: str = "timestamp", *, naive_tz: tzinfo
     if not isinstance(value, str):
         raise MalformedEvent(field)
     text = value.strip()
-    iso, oracle = _ISO_TIME.match(text), _ORACLE_TIME.match(text)
+    iso = _ISO_TIME.match(text)
+    oracle = None if iso else _ORACLE_TIME.match(text)
     try:
         if iso:
             year, month, day, hour, minute = (int(g) for g in iso.group(1, 2, 3, 4, 5))
@@ -556,6 +604,8 @@ def parse_timestamp(value: object, field: str = "timestamp", *, naive_tz: tzinfo
 def format_instant(value: datetime) -> str:
     """`2026-11-25T10:15:38.123Z`: UTC, milliseconds, `Z`."""
     utc = value.astimezone(UTC)
+    if utc.year >= 1000:  # isoformat is much cheaper than strftime and the same from year 1000 on
+        return utc.isoformat(timespec="milliseconds")[:23] + "Z"
     return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
 
 
@@ -688,18 +738,20 @@ def event_key(
     (listed by delta=false frames and by the Poll API) do not count. Module, offset,
     uniqueEventId and actionInstanceId/actionId are not used (see docs/event-format.md).
     """
-    changed = sorted(
-        {
-            (
-                e.element_name,
-                e.scope_from or "",
-                e.scope_to or "",
-                _comparable(e.old_value),
-                _comparable(e.new_value),
-            )
-            for e in detail
-            if e.changed
-        }
+    changed_set: set[tuple[str, str, str, str, str]] = set()
+    for e in detail:
+        old, new = e.old_value, e.new_value
+        # _comparable (html.unescape) leaves text without "&" as it is.
+        if "&" in old:
+            old = _comparable(old)
+        if "&" in new:
+            new = _comparable(new)
+        if old != new:
+            changed_set.add((e.element_name, e.scope_from or "", e.scope_to or "", old, new))
+    changed = sorted(changed_set)
+    utc = occurred_at.astimezone(UTC)
+    instant = (
+        utc.isoformat(timespec="seconds")[:19] + "Z" if utc.year >= 1000 else f"{utc:%Y-%m-%dT%H:%M:%SZ}"
     )
     material = [
         _KEY_DOMAIN,
@@ -707,10 +759,10 @@ def event_key(
         event_name,
         primary_key,
         publisher_id or "",
-        f"{occurred_at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}",
+        instant,
         [list(element) for element in changed],
     ]
-    encoded = json.dumps(material, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    encoded = _COMPACT_JSON.encode(material).encode("ascii")
     return KEY_PREFIX + hashlib.sha256(encoded).hexdigest()
 
 

@@ -662,7 +662,8 @@ class StreamProtocol:
                     raise _Violation("frame is not valid UTF-8") from None
             else:
                 text = data
-                size = len(text.encode("utf-8", "surrogatepass"))
+                # isascii() is O(1) on CPython; only other text needs encoding to count its bytes.
+                size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
             return self._dispatch(_decode(text), size, now)
         except _Violation as exc:
             self._terminal = True
@@ -795,9 +796,13 @@ def _reject_constant(name: str) -> Any:
     raise _Violation("frame holds NaN or Infinity, which JSON does not allow")
 
 
+# What json.loads(text, parse_constant=...) builds on every call, built once (it holds no state).
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _decode(text: str) -> dict[str, Any]:
     try:
-        message = json.loads(text, parse_constant=_reject_constant)
+        message = _DECODER.decode(text)
     except (ValueError, RecursionError):
         raise _Violation("frame is not valid JSON") from None
     if not isinstance(message, dict):

@@ -18,11 +18,14 @@ BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_c
 _SECRET_FIELDS = {"clientId": "client_id", "clientSecret": "client_secret", "appKey": "app_key"}
 
 
-def aws_client(settings: Settings, service: str) -> Any:
-    """A boto3 client honouring AWS_ENDPOINT_URL (moto locally) and AWS_REGION."""
+def aws_client(settings: Settings, service: str, *, config: Config | None = None) -> Any:
+    """A boto3 client honouring AWS_ENDPOINT_URL (moto locally) and AWS_REGION; `config` is merged
+    into BOTO_CONFIG."""
     session = boto3.session.Session(region_name=settings.aws_region or None)
     return session.client(  # type: ignore[call-overload]
-        service, endpoint_url=settings.aws_endpoint_url or None, config=BOTO_CONFIG
+        service,
+        endpoint_url=settings.aws_endpoint_url or None,
+        config=BOTO_CONFIG if config is None else BOTO_CONFIG.merge(config),
     )
 
 

@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from botocore.config import Config
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
@@ -305,22 +306,41 @@ class StreamConsumer:
         loop = asyncio.get_running_loop()
         core.start(loop.time())
         await self._send(ws, core)
-        recv: asyncio.Task[str | bytes] | None = None
+        # Frames are read in this task, one `ws.recv()` at a time under a timeout at the core's next
+        # deadline: a frame websockets already holds costs no task, no wait and no loop iteration.
+        # Stop or lease loss (`_wake`) ends a receive in progress early, except while completing
+        # (then only the server's close, a frame or a deadline does). Cancelling recv() is safe:
+        # websockets keeps the message for the next call.
+        receiving: list[asyncio.Timeout] = []  # the timeout of the receive in progress, if any
         wake = asyncio.create_task(self._wake.wait())
         completing = False
+
+        def interrupt(_: object) -> None:
+            if receiving and not completing and not receiving[0].expired():
+                receiving[0].reschedule(loop.time())
+
+        wake.add_done_callback(interrupt)
         try:
             while True:
-                if recv is None:
-                    recv = asyncio.create_task(ws.recv())
                 deadline = core.next_deadline()
                 if not completing:
                     deadline = rotate_at if deadline is None else min(deadline, rotate_at)
-                timeout = None if deadline is None else max(0.0, deadline - loop.time())
-                waiters: set[asyncio.Future[Any]] = {recv} if completing else {recv, wake}
-                done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                frame: str | bytes | None = None
+                closed_by: ConnectionClosed | None = None
+                if completing or not wake.done():
+                    try:
+                        async with asyncio.timeout_at(deadline) as timeout:
+                            receiving.append(timeout)
+                            try:
+                                frame = await ws.recv()
+                            finally:
+                                receiving.clear()
+                    except TimeoutError:
+                        pass
+                    except ConnectionClosed as exc:
+                        closed_by = exc
                 now = loop.time()
                 if self._lease_lost.is_set():
-                    recv.cancel()
                     await ws.close(code=1000, reason="lease lost")
                     return core.connection_closed(1000, "lease lost", now)
                 rotating = now >= rotate_at and core.state is proto.State.SUBSCRIBED
@@ -339,33 +359,25 @@ class StreamConsumer:
                             "%s: sent complete; reading what the server still sends until it closes", why
                         )
                     else:
-                        recv.cancel()
                         await ws.close()
                         return core.connection_closed(1000, "stopped before subscribing", now)
+                if closed_by is not None:
+                    code = closed_by.rcvd.code if closed_by.rcvd is not None else None
+                    reason = closed_by.rcvd.reason if closed_by.rcvd is not None else ""
+                    return self._log_closed(core.connection_closed(code, reason, now))
                 events: list[proto.Event] = []
-                if recv in done:
-                    try:
-                        frame = recv.result()
-                    except ConnectionClosed as exc:
-                        code = exc.rcvd.code if exc.rcvd is not None else None
-                        reason = exc.rcvd.reason if exc.rcvd is not None else ""
-                        return self._log_closed(core.connection_closed(code, reason, now))
-                    recv = None
+                if frame is not None:
                     self.last_frame_at = time.time()
                     events.extend(core.receive(frame, now))
                 events.extend(core.tick(now))
                 for event in events:
                     terminal = await self._on_event(ws, core, event, now)
                     if terminal is not None:
-                        if recv is not None:
-                            recv.cancel()
                         await ws.close(code=terminal[0], reason=terminal[1])
                         return self._log_closed(core.connection_closed(terminal[0], terminal[1], now))
                 await self._send(ws, core)
         finally:
-            for task in (recv, wake):
-                if task is not None:
-                    task.cancel()
+            wake.cancel()
 
     async def _on_event(
         self, ws: ClientConnection, core: proto.StreamProtocol, event: proto.Event, now: float
@@ -698,6 +710,12 @@ def oauth_params(settings: Settings) -> OAuthParams:
     )
 
 
+# The publisher builds every SendMessageBatch request itself (ids, sizes and attributes checked in
+# `SqsPublisher`), so botocore's client-side parameter validation, a walk over every entry of every
+# request, only costs CPU; SQS still validates each request.
+PUBLISHER_BOTO_CONFIG = Config(parameter_validation=False)
+
+
 def options_for(settings: Settings) -> StreamOptions:
     return StreamOptions(
         lease_duration=settings.lease_seconds, lease_renew_interval=settings.lease_seconds / 3
@@ -715,7 +733,7 @@ async def open_consumer(
     opts = options or options_for(settings)
     holder: list[StreamConsumer] = []
     publisher = SqsPublisher(
-        aws_client(settings, "sqs"),
+        aws_client(settings, "sqs", config=PUBLISHER_BOTO_CONFIG),
         settings.queue_url,
         on_ack=lambda token: holder[0].on_published(token),
         on_failure=lambda failure: holder[0].on_publish_failure(failure),
