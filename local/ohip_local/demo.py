@@ -94,7 +94,9 @@ def run_demo(*, events: int = 300, rate: float = 100.0, seed: int = 1, verbose: 
                 "RELAY_START_POSITION": "earliest",
                 "RELAY_LEASE_SECONDS": "6",  # so the restart after SIGKILL does not wait 30 s
                 "OHIP_EXTERNAL_SYSTEM": config.external_systems[0],
-                # Short health thresholds so that the outage and the recovery fit in a demo.
+                # Short health thresholds so that the outage and the recovery fit in a demo; the
+                # heartbeat comes more often than the stale threshold, as it must.
+                "RELAY_HEARTBEAT_SECONDS": "1",
                 "RELAY_HEALTH_STALE_SECONDS": "4",
                 "RELAY_HEALTH_GRACE_SECONDS": "4",
                 "RELAY_HEALTH_RECOVER_SECONDS": "3",

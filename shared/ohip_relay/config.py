@@ -81,6 +81,7 @@ class Settings:
     health_stale_seconds: float = 30.0
     health_grace_seconds: float = 60.0
     health_recover_seconds: float = 120.0
+    heartbeat_seconds: float = 5.0
     seen_ttl_days: float = 8.0
     poll_page_limit: int = 100
     enriched_queue_url: str = ""
@@ -140,6 +141,7 @@ class Settings:
             health_recover_seconds=reader.number(
                 "RELAY_HEALTH_RECOVER_SECONDS", default=120.0, low=0.0, high=86400.0
             ),
+            heartbeat_seconds=reader.number("RELAY_HEARTBEAT_SECONDS", default=5.0, low=0.5, high=60.0),
             seen_ttl_days=reader.days(
                 "RELAY_SEEN_TTL_DAYS", default=8.0, above=_OHIP_RETENTION_DAYS, high=365.0
             ),
@@ -150,6 +152,13 @@ class Settings:
             enrich_routes=reader.text("OHIP_ENRICH_ROUTES"),
             enrich_concurrency=reader.integer("RELAY_ENRICH_CONCURRENCY", default=4, low=1, high=32),
         )
+        if settings.health_stale_seconds < 2 * settings.heartbeat_seconds:
+            # A heartbeat written every N s is up to N s old in normal operation: a stale threshold
+            # below 2 N would call a healthy stream down and start the poll fallback for nothing.
+            raise ConfigError(
+                f"RELAY_HEALTH_STALE_SECONDS: must be at least twice RELAY_HEARTBEAT_SECONDS "
+                f"({settings.heartbeat_seconds:g}), got {settings.health_stale_seconds:g}"
+            )
         if Need.AWS in required and not settings.aws_region:
             raise ConfigError("AWS_REGION: missing (the AWS region of the queue and table, e.g. eu-west-1)")
         if Need.ENRICH in required and not settings.aws_region:

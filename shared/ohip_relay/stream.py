@@ -718,7 +718,9 @@ PUBLISHER_BOTO_CONFIG = Config(parameter_validation=False)
 
 def options_for(settings: Settings) -> StreamOptions:
     return StreamOptions(
-        lease_duration=settings.lease_seconds, lease_renew_interval=settings.lease_seconds / 3
+        lease_duration=settings.lease_seconds,
+        lease_renew_interval=settings.lease_seconds / 3,
+        heartbeat_interval=settings.heartbeat_seconds,
     )
 
 

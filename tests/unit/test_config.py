@@ -92,3 +92,23 @@ def test_region_required_for_aws() -> None:
     env = {k: v for k, v in FULL.items() if k != "AWS_REGION"}
     with pytest.raises(ConfigError, match=r"^AWS_REGION: missing"):
         Settings.from_env(env, Need.AWS)
+
+
+def test_heartbeat_interval_is_read_and_bounded() -> None:
+    settings = Settings.from_env({**FULL, "RELAY_HEARTBEAT_SECONDS": "2"}, Need.STREAM)
+    assert settings.heartbeat_seconds == 2.0
+    assert Settings.from_env(FULL, Need.STREAM).heartbeat_seconds == 5.0
+    with pytest.raises(ConfigError, match=r"^RELAY_HEARTBEAT_SECONDS: "):
+        Settings.from_env({**FULL, "RELAY_HEARTBEAT_SECONDS": "0"}, Need.STREAM)
+
+
+@pytest.mark.parametrize(
+    ("heartbeat", "stale", "ok"), [("5", "10", True), ("5", "9", False), ("1", "2", True)]
+)
+def test_stale_threshold_must_cover_two_heartbeats(heartbeat: str, stale: str, ok: bool) -> None:
+    env = {**FULL, "RELAY_HEARTBEAT_SECONDS": heartbeat, "RELAY_HEALTH_STALE_SECONDS": stale}
+    if ok:
+        Settings.from_env(env, Need.POLL)
+    else:
+        with pytest.raises(ConfigError, match=r"^RELAY_HEALTH_STALE_SECONDS: must be at least twice"):
+            Settings.from_env(env, Need.POLL)
