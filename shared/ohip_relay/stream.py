@@ -15,8 +15,9 @@
    from the last event handed to the publisher (which keeps retrying what SQS has not
    acknowledged yet; after a crash the stored checkpoint, which only covers acknowledged events,
    is where the replay starts);
-5. on SIGTERM: `complete`, read what the server still sends until it closes the socket, flush,
-   checkpoint, release the lease, exit 0.
+5. on SIGTERM: `complete`, read what the server still sends until it closes the socket, flush
+   (at most `stop_flush_timeout`, renewing the lease all along, so that a successor cannot
+   subscribe before the last checkpoint), checkpoint, release the lease, exit 0.
 
 Losing the lease stops consumption at once (the socket is closed, nothing more is submitted); the
 task goes back to standby. With no checkpoint yet (first start), `RELAY_START_POSITION` decides:
@@ -68,6 +69,9 @@ class StreamOptions:
     liveness_timeout: float = proto.DEFAULT_LIVENESS_TIMEOUT
     ack_timeout: float = proto.DEFAULT_ACK_TIMEOUT
     drain_timeout: float = 20.0
+    # After a stop, how long to wait for SQS to acknowledge what was read (ECS's StopTimeout is 120 s);
+    # the lease is renewed meanwhile. What is still unacknowledged then is replayed by the next holder.
+    stop_flush_timeout: float = 60.0
     checkpoint_interval: float = 1.0
     heartbeat_interval: float = 5.0
     metrics_interval: float = 10.0
@@ -143,6 +147,7 @@ class StreamConsumer:
         self._lease_lost = asyncio.Event()
         self._wake = asyncio.Event()  # set with either of the two above
         self._last_complete_at: float | None = None  # loop clock
+        self._flush_timed_out = False
 
     # -- public -----------------------------------------------------------------------------
 
@@ -193,6 +198,10 @@ class StreamConsumer:
                 keeper = asyncio.create_task(self._lease_keeper())
                 try:
                     await self._connection_loop()
+                    if self._stop.is_set() and self.holding_lease:
+                        # Drain while the keeper still renews the lease: a successor (an ECS
+                        # deployment starts one) must not subscribe before our last checkpoint.
+                        await self._settle_publisher(self.options.stop_flush_timeout)
                 finally:
                     keeper.cancel()
                     await asyncio.gather(keeper, return_exceptions=True)
@@ -664,14 +673,27 @@ class StreamConsumer:
 
     # -- shutdown ---------------------------------------------------------------------------
 
-    async def _settle_publisher(self) -> None:
+    async def _settle_publisher(self, within: float | None = None) -> None:
+        """Wait until SQS acknowledged (or refused) everything handed to the publisher, at most
+        `within` seconds (once that ran out, later calls return at once)."""
+        if self._flush_timed_out:
+            return
         try:
-            await self.publisher.flush()
+            await asyncio.wait_for(self.publisher.flush(), within)
+        except TimeoutError:
+            self._flush_timed_out = True
+            log.warning(
+                "%d events not acknowledged by SQS within %.0fs of the stop; they are replayed from "
+                "checkpoint %s by the next start",
+                self.publisher.buffered,
+                within or 0.0,
+                self.checkpointed,
+            )
         except Exception:
             log.exception("flushing the publisher failed; unacknowledged events will be replayed")
 
     async def _shutdown(self) -> None:
-        await self._settle_publisher()
+        await self._settle_publisher(self.options.stop_flush_timeout)
         try:
             await self._write_checkpoint()
         except Exception:
