@@ -35,6 +35,18 @@ CHAOS_SEED ?= 1
 chaos: $(STAMP) ## seeded fault schedules against the local stack; invariants checked (CHAOS_SCHEDULES, CHAOS_SEED)
 	@$(BIN)/ohip-relay local chaos --schedules $(CHAOS_SCHEDULES) --seed $(CHAOS_SEED)
 
+# The benchmark (README "Benchmarks"): its own pins (chart, profiler) go into .venv beside the project's.
+# BENCH_SCALE=0.2 for a quicker run; BENCH_PROFILE=1 samples the relay with py-spy.
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP) bench/requirements.txt
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	@touch $@
+
+.PHONY: bench
+bench: $(BENCH_STAMP) ## throughput, latency, memory and catch-up side by side; results in bench/results/
+	@$(BIN)/python -m bench.run
+	@$(BIN)/python -m bench.seen_cost
+
 # -- infrastructure lint, build and deploy (template.yaml) ------------------------------------
 # The tools live in their own virtual environments, pinned, installed once per machine (stamp files):
 # aws-sam-cli and cfn-lint together; checkov apart (it pins an old `packaging`).
@@ -77,7 +89,7 @@ linters: ## install the pinned lint tools (once per machine, the three environme
 	@$(MAKE) --no-print-directory -j3 $(STAMP) $(LINT_STAMP) $(CHECKOV_STAMP)
 
 lint: linters ## ruff, mypy, cfn-lint, sam validate --lint, checkov (all offline)
-	@$(BIN)/ruff check shared local functions tests
+	@$(BIN)/ruff check shared local functions tests bench
 	@$(BIN)/mypy
 	@$(LINT_VENV)/bin/cfn-lint template.yaml
 	@$(SAM) validate --lint --template template.yaml

@@ -1,0 +1,89 @@
+"""The seen-set's cost per event, and what the stream pays when it does not need it.
+
+Three numbers, each per event, against a DynamoDB endpoint (moto server on loopback here, so the
+absolute times are moto's; on DynamoDB add the network round trip, which batching amortises):
+
+* `claim`: the poll fallback's conditional PutItem per key (parallel, 8 threads), before publishing;
+* `contains`: the stream's BatchGetItem (100 keys per call) for replayed events the fallback may
+  have published;
+* `stream hot path`: the cost of the seen-set check for events newer than the fallback's mark,
+  which is the check the stream does for every live event: a comparison, no request.
+
+Request units per event (the DynamoDB bill) follow from the calls: one write unit per claim, one
+read unit per key looked up (strongly consistent, items under 4 KB).
+
+    .venv/bin/python -m bench.seen_cost [events]       # default 1000
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import timeit
+from pathlib import Path
+
+import boto3
+
+from ohip_local.aws import DEFAULT_REGION, LOCAL_CREDENTIALS, moto_server, provision
+from ohip_relay.seen import SeenSet
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "template.yaml"
+
+
+def measure(events: int) -> dict[str, float]:
+    with moto_server() as endpoint:
+        stack = provision(endpoint, TEMPLATE, stack_name="seencost")
+        ddb = boto3.client(
+            "dynamodb",
+            endpoint_url=endpoint,
+            region_name=DEFAULT_REGION,
+            aws_access_key_id=LOCAL_CREDENTIALS["aws_access_key_id"],
+            aws_secret_access_key=LOCAL_CREDENTIALS["aws_secret_access_key"],
+        )
+        seen = SeenSet(ddb, stack.table_name)
+        keys = [f"bench-{i:08d}" for i in range(events)]
+        page = 100  # a Poll API page
+        started = time.perf_counter()
+        for start in range(0, events, page):
+            seen.claim(keys[start : start + page])
+        claim = (time.perf_counter() - started) / events
+        started = time.perf_counter()
+        found = seen.contains(keys)
+        contains = (time.perf_counter() - started) / events
+        if len(found) != events:
+            raise SystemExit(f"seen-set lost keys: {events - len(found)} of {events}")
+    # What the stream does for a live event: compare its time with the fallback's mark.
+    mark = "2026-11-30T00:00:00Z"
+    occurred = "2026-11-30T00:00:01Z"
+    loops = 1_000_000
+    hot = timeit.timeit(lambda: occurred <= mark, number=loops) / loops
+    return {
+        "events": float(events),
+        "claim_ms_per_event": claim * 1000,
+        "contains_ms_per_event": contains * 1000,
+        "hot_path_us_per_event": hot * 1e6,
+        "claim_write_units_per_event": 1.0,
+        "contains_read_units_per_event": 1.0,
+    }
+
+
+def main(argv: list[str]) -> int:
+    events = int(argv[1]) if len(argv) > 1 else 1000
+    result = measure(events)
+    print(f"seen-set cost per event ({events} events, DynamoDB = moto server on loopback)")
+    print(f"  claim (poll fallback, PutItem x8 threads)   {result['claim_ms_per_event']:8.3f} ms   1 WRU")
+    print(f"  contains (stream replay, BatchGetItem x100) {result['contains_ms_per_event']:8.3f} ms   1 RRU")
+    print(f"  live stream event (no lookup, a comparison) {result['hot_path_us_per_event']:8.3f} us   0")
+    print(
+        "  ratio claim / live event: "
+        f"{result['claim_ms_per_event'] * 1000 / result['hot_path_us_per_event']:,.0f}x"
+    )
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "seen_cost.json").write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
