@@ -35,9 +35,7 @@ FAST = StreamOptions(
 )
 
 
-async def eventually(
-    condition: Callable[[], bool], *, within: float = 10.0, what: str = "condition"
-) -> None:
+async def eventually(condition: Callable[[], bool], *, within: float = 10.0, what: str = "condition") -> None:
     """Poll `condition` until it holds, failing the test after `within` seconds."""
     deadline = time.monotonic() + within
     while not condition():
