@@ -23,9 +23,7 @@ import time
 import timeit
 from pathlib import Path
 
-import boto3
-
-from ohip_local.aws import DEFAULT_REGION, LOCAL_CREDENTIALS, moto_server, provision
+from ohip_local.aws import local_client, moto_server, provision
 from ohip_relay.seen import SeenSet
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "template.yaml"
@@ -34,13 +32,7 @@ TEMPLATE = Path(__file__).resolve().parent.parent / "template.yaml"
 def measure(events: int) -> dict[str, float]:
     with moto_server() as endpoint:
         stack = provision(endpoint, TEMPLATE, stack_name="seencost")
-        ddb = boto3.client(
-            "dynamodb",
-            endpoint_url=endpoint,
-            region_name=DEFAULT_REGION,
-            aws_access_key_id=LOCAL_CREDENTIALS["aws_access_key_id"],
-            aws_secret_access_key=LOCAL_CREDENTIALS["aws_secret_access_key"],
-        )
+        ddb = local_client("dynamodb", endpoint)
         seen = SeenSet(ddb, stack.table_name)
         keys = [f"bench-{i:08d}" for i in range(events)]
         page = 100  # a Poll API page

@@ -61,6 +61,17 @@ def _intrinsic(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> dic
 _CfnLoader.add_multi_constructor("!", _intrinsic)
 
 
+def local_client(service: str, endpoint: str, region: str = DEFAULT_REGION) -> Any:
+    """A boto3 client of the local AWS endpoint (moto), with its fixed credentials."""
+    return boto3.client(
+        service,  # type: ignore[call-overload]
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id=LOCAL_CREDENTIALS["aws_access_key_id"],
+        aws_secret_access_key=LOCAL_CREDENTIALS["aws_secret_access_key"],
+    )
+
+
 def load_template(path: Path) -> dict[str, Any]:
     """Parse a CloudFormation/SAM template, turning `!Ref x` into `{"Ref": "x"}` and so on."""
     try:

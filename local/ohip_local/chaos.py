@@ -54,13 +54,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 
 from ohip_relay.events import from_poll
 from ohip_relay.state import StateStore
 
-from .aws import DEFAULT_REGION, ProvisionedStack, moto_server, provision
+from .aws import DEFAULT_REGION, ProvisionedStack, local_client, moto_server, provision
 from .control import ControlClient
 from .faultproxy import FaultProxy, FaultRule, running_fault_proxy
 from .gateway import GatewayConfig, LocalGateway
@@ -441,23 +440,11 @@ def _say(text: str) -> None:
 
 
 def _dynamodb(endpoint: str, region: str) -> Any:
-    return boto3.client(
-        "dynamodb",
-        endpoint_url=endpoint,
-        region_name=region,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",  # noqa: S106 - moto's fixed local credentials
-    )
+    return local_client("dynamodb", endpoint, region)
 
 
 def _sqs(endpoint: str, region: str) -> Any:
-    return boto3.client(
-        "sqs",
-        endpoint_url=endpoint,
-        region_name=region,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",  # noqa: S106 - moto's fixed local credentials
-    )
+    return local_client("sqs", endpoint, region)
 
 
 class _Sampler:

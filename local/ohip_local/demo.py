@@ -25,12 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
-
 from ohip_relay.events import from_poll
 from ohip_relay.state import StateStore, StreamState
 
-from .aws import DEFAULT_REGION, moto_server, provision
+from .aws import DEFAULT_REGION, local_client, moto_server, provision
 from .control import ControlClient
 from .gateway import GatewayConfig
 from .harness import HarnessError, QueueReader, RelayProcess, wait_until
@@ -41,13 +39,7 @@ from .threaded import running_gateway
 
 
 def _dynamodb(endpoint: str, region: str) -> Any:
-    return boto3.client(
-        "dynamodb",
-        endpoint_url=endpoint,
-        region_name=region,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",  # noqa: S106 - moto's fixed local credentials
-    )
+    return local_client("dynamodb", endpoint, region)
 
 
 DELIVERY_TIMEOUT = 120.0

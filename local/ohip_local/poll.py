@@ -35,6 +35,7 @@ from aiohttp import web
 
 from ohip_relay.events import MODULES
 
+from .faults import take_fault
 from .source import Detail, StoredEvent
 
 if TYPE_CHECKING:
@@ -173,12 +174,7 @@ class PollEndpoint:
         return asdict(self._fault)
 
     def _take_fault(self) -> PollFault | None:
-        fault = self._fault
-        if fault.mode == "off":
-            return None
-        if fault.remaining is not None:
-            left = fault.remaining - 1
-            self._fault = PollFault() if left <= 0 else PollFault(**{**asdict(fault), "remaining": left})
+        fault, self._fault = take_fault(self._fault, PollFault())
         return fault
 
     # -- the endpoint ----------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .faults import take_fault
 from .poll import problem
 from .source import StoredEvent
 
@@ -263,12 +264,7 @@ class RestEndpoint:
         return asdict(self._fault)
 
     def _take_fault(self) -> RestFault | None:
-        fault = self._fault
-        if fault.mode == "off":
-            return None
-        if fault.remaining is not None:
-            left = fault.remaining - 1
-            self._fault = RestFault() if left <= 0 else RestFault(**{**asdict(fault), "remaining": left})
+        fault, self._fault = take_fault(self._fault, RestFault())
         return fault
 
     def delete(self, kind: str, key: str, hotel: str | None = None) -> bool:
