@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .events import CanonicalEvent, MalformedEvent, from_poll
@@ -736,12 +737,24 @@ def open_fallback(
             client.close()
 
 
+# A tick holds events the Poll API has already removed until SQS or S3 took them, inside a Lambda
+# that is killed at its timeout: no AWS call may hang for botocore's default 60 s (x 5 attempts).
+# Worst case per call: 2 x (3 + 8) s plus backoff, inside the tick's safety margin plus the page.
+POLL_BOTO_CONFIG = Config(
+    connect_timeout=3, read_timeout=8, retries={"mode": "standard", "total_max_attempts": 2}
+)
+
+
 @functools.lru_cache(maxsize=4)
 def _aws_clients(settings: Settings) -> tuple[Any, Any, Any]:
     """S3, DynamoDB and SQS clients, created once per settings (warm Lambda invocations reuse them)."""
     from .runtime import aws_client
 
-    return aws_client(settings, "s3"), aws_client(settings, "dynamodb"), aws_client(settings, "sqs")
+    return (
+        aws_client(settings, "s3", config=POLL_BOTO_CONFIG),
+        aws_client(settings, "dynamodb", config=POLL_BOTO_CONFIG),
+        aws_client(settings, "sqs", config=POLL_BOTO_CONFIG),
+    )
 
 
 def deadline_after(seconds: float, *, clock: Callable[[], float] = time.monotonic) -> Callable[[], float]:

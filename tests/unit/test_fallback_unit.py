@@ -107,3 +107,15 @@ def test_fallback_settings_are_read() -> None:
 def test_bad_fallback_settings_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"^{name}: "):
         Settings.from_env({**BASE, name: value}, Need.POLL)
+
+
+def test_the_ticks_aws_calls_cannot_hang_past_the_lambda_timeout() -> None:
+    # Events the Poll API removed are held until SQS or S3 takes them: no AWS call may wait for
+    # botocore's defaults (60 s connect and read, 5 attempts) inside a 50 s Lambda.
+    from ohip_relay.fallback import _aws_clients
+
+    settings = Settings.from_env({**BASE, "AWS_REGION": "eu-west-1"}, Need.POLL)
+    for client in _aws_clients(settings):
+        config = client.meta.config
+        attempts = config.retries["total_max_attempts"]  # the first try included
+        assert attempts * (config.connect_timeout + config.read_timeout) <= 25
