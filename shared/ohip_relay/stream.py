@@ -534,7 +534,12 @@ class StreamConsumer:
     @staticmethod
     async def _send(ws: ClientConnection, core: proto.StreamProtocol) -> None:
         for frame in core.data_to_send():
-            await ws.send(frame)
+            try:
+                await ws.send(frame)
+            except ConnectionClosed:
+                # The server closed first (a ping racing its close, say): the next ws.recv() raises
+                # the same close, which _drive logs and classifies like any other.
+                return
 
     # -- lease ------------------------------------------------------------------------------
 

@@ -173,12 +173,22 @@ async def test_next_frames_keep_the_connection_alive_while_pongs_are_deferred(
     make_rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
-    options = FAST.__class__(**{**FAST.__dict__, "ping_interval": 0.05, "liveness_timeout": 1.0})
+    # A pong is deferred only when a ping reaches the server while it is still writing a burst, a
+    # window of milliseconds: ping often, and burst again (up to a deadline) until one was deferred.
+    options = FAST.__class__(**{**FAST.__dict__, "ping_interval": 0.005, "liveness_timeout": 1.0})
     async with make_rig() as rig, rig.consumer(options) as running:
         await eventually(lambda: running.consumer.status is StreamState.CONNECTED, what="connected")
-        rig.gateway.streaming.start_backpressure(80)
-        await rig.receive_offsets(set(rig.emitted_offsets()))
-        assert rig.gateway.streaming.snapshot()["deferred_pongs"] >= 1
+        for _ in range(10):
+            rig.gateway.streaming.start_backpressure(100)
+            delivered = len(rig.emitted_offsets())
+            await eventually(
+                lambda n=delivered: rig.gateway.streaming.snapshot()["events_delivered"] >= n,
+                what="the burst sent",
+            )
+            if rig.gateway.streaming.snapshot()["deferred_pongs"] >= 1:
+                break
+        assert rig.gateway.streaming.snapshot()["deferred_pongs"] >= 1, "no pong deferred in 10 bursts"
+        await rig.receive_offsets(set(rig.emitted_offsets()), within=60)
         assert running.consumer.connections == 1
         assert await running.stop() == 0
 
