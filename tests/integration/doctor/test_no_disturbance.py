@@ -20,24 +20,15 @@ from ohip_relay.auth import OAuthParams, SyncTokenProvider
 from ohip_relay.config import Need, Settings
 from ohip_relay.doctor import STREAM_CHECKS, DoctorOptions, run_doctor
 from ohip_relay.poll import PollClient
-from ohip_relay.stream import StreamOptions, open_consumer
+from ohip_relay.stream import open_consumer
 
+from ..stream.conftest import FAST
 from .conftest import Setup, by_name, eventually
 
 pytestmark = pytest.mark.integration
 
 SetupFactory = Callable[..., AbstractAsyncContextManager[Setup]]
 
-FAST = StreamOptions(
-    checkpoint_interval=0.1,
-    heartbeat_interval=0.2,
-    metrics_interval=60.0,
-    lease_duration=3.0,
-    lease_renew_interval=0.5,
-    backoff_base=0.05,
-    backoff_cap=0.3,
-    drain_timeout=5.0,
-)
 
 
 @pytest.fixture
