@@ -33,7 +33,9 @@ Order and batching
 Up to 10 entries per SendMessageBatch, within the batch payload limit, sent when 10 are ready, when
 the next entry would not fit, or `batch_window_s` after the oldest ready entry became ready (20 ms by
 default; skipped while a backlog exists or a `flush()` is waiting). Several batches are in flight at
-once (`max_batches_in_flight`), their boto3 calls running in a private thread pool of that size.
+once (`max_batches_in_flight`). Each goes out either as a boto3 call in a private thread pool of
+that size, or, given a `BatchTransport` (the stream consumer gives `sqs_http.SqsHttpTransport`), as
+one signed HTTP request from the event loop; both raise botocore's exceptions, classified alike.
 
 On a FIFO queue (URL ending in `.fifo`) a message group has at most one message on its way at any
 time: the next message of the group is sent only after the previous one was acknowledged or failed.
@@ -69,11 +71,11 @@ import json
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
@@ -125,6 +127,18 @@ RETRYABLE_CODES = frozenset(
 
 _T = TypeVar("_T")
 _CallbackArg = TypeVar("_CallbackArg")
+
+
+class BatchTransport(Protocol):
+    """Sends one SendMessageBatch without blocking the loop; returns and raises what boto3 would."""
+
+    async def start(self) -> None: ...
+
+    async def send_message_batch(
+        self, queue_url: str, entries: Sequence[SendMessageBatchRequestEntryTypeDef]
+    ) -> SendMessageBatchResultTypeDef: ...
+
+    async def close(self) -> None: ...
 
 
 class PublishError(Exception):
@@ -415,6 +429,8 @@ class SqsPublisher:
 
     Give the boto3 client `max_pool_connections` >= `max_batches_in_flight` (botocore's default 10
     covers the default 4). boto3 clients are thread-safe; the publisher calls them from its own pool.
+    With a `transport`, SendMessageBatch goes through it instead (the boto3 client still reads the
+    queue's attributes at start); the publisher starts and closes it.
     """
 
     def __init__(
@@ -427,8 +443,10 @@ class SqsPublisher:
         config: PublisherConfig | None = None,
         s3_client: S3Client | None = None,
         rng: random.Random | None = None,
+        transport: BatchTransport | None = None,
     ) -> None:
         self._config = config or PublisherConfig()
+        self._transport = transport
         if self._config.claim_check_bucket and s3_client is None:
             raise ValueError("claim_check_bucket is set but no s3_client was given")
         self._sqs = sqs_client
@@ -536,6 +554,13 @@ class SqsPublisher:
                 ) from exc
         if not self._max_batch_bytes:
             self._max_batch_bytes = batch_payload_limit(self._max_message_bytes)
+        if self._transport is not None:
+            try:
+                await self._transport.start()
+            except Exception as exc:
+                executor.shutdown(wait=False)
+                _, code, _ = classify_error(exc)
+                raise PublishError(f"the SQS transport cannot start ({code})") from exc
         self._runtime = _Runtime(
             loop=loop,
             executor=executor,
@@ -634,6 +659,8 @@ class SqsPublisher:
         await asyncio.gather(*pending, return_exceptions=True)
         if runtime is not None:
             runtime.executor.shutdown(wait=False, cancel_futures=True)
+        if self._transport is not None:
+            await self._transport.close()
         self._closed = True
         if abandoned:
             log.warning("publisher closed: %d message(s) abandoned (not acknowledged)", abandoned)
@@ -767,8 +794,14 @@ class SqsPublisher:
             if not to_send:
                 return
             self._counters["batches"] += 1
+            request = self._batch_request(to_send)
             try:
-                response = await self._run(partial(self._send_batch, to_send))
+                if self._transport is not None:
+                    response = await self._transport.send_message_batch(self._queue_url, request)
+                else:
+                    response = await self._run(
+                        partial(self._sqs.send_message_batch, QueueUrl=self._queue_url, Entries=request)
+                    )
             except Exception as exc:
                 self._batch_error(to_send, exc)
             else:
@@ -778,7 +811,7 @@ class SqsPublisher:
             slots.release()
             self._rt.wakeup.set()
 
-    def _send_batch(self, entries: list[Entry]) -> SendMessageBatchResultTypeDef:
+    def _batch_request(self, entries: list[Entry]) -> list[SendMessageBatchRequestEntryTypeDef]:
         request: list[SendMessageBatchRequestEntryTypeDef] = []
         for entry in entries:
             message = entry.message
@@ -793,7 +826,7 @@ class SqsPublisher:
                 item["MessageGroupId"] = message.group_id
                 item["MessageDeduplicationId"] = message.dedup_id
             request.append(item)
-        return self._sqs.send_message_batch(QueueUrl=self._queue_url, Entries=request)
+        return request
 
     def _put_claim_check(self, entry: Entry) -> None:
         bucket, key, payload = self._config.claim_check_bucket, entry.claim_key, entry.claim_payload

@@ -8,6 +8,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .config import ConfigError, Settings
@@ -27,6 +28,11 @@ def aws_client(settings: Settings, service: str, *, config: Config | None = None
         endpoint_url=settings.aws_endpoint_url or None,
         config=BOTO_CONFIG if config is None else BOTO_CONFIG.merge(config),
     )
+
+
+def aws_credentials(settings: Settings) -> Credentials | None:
+    """The credentials `aws_client` would sign with (the default chain; None if there are none)."""
+    return boto3.session.Session(region_name=settings.aws_region or None).get_credentials()
 
 
 def resolve_secrets(settings: Settings) -> Settings:

@@ -49,11 +49,12 @@ from websockets.typing import Subprotocol
 from . import protocol as proto
 from .auth import AsyncTokenProvider, AuthError, OAuthParams, Token
 from .backoff import Backoff, CloseKind, CloseOutcome, classify_close
-from .config import Settings, StartPosition
+from .config import Settings, SqsTransport, StartPosition
 from .errors import StartupError
 from .events import CanonicalEvent, MalformedEvent, from_stream
 from .publish import OutboundMessage, PublisherConfig, PublishError, PublishFailure, SqsPublisher
 from .seen import SeenSet
+from .sqs_http import SqsHttpTransport
 from .state import Heartbeat, StateStore, StreamState
 from .telemetry import Metric, Telemetry
 from .watermark import OffsetWatermark
@@ -740,7 +741,13 @@ def oauth_params(settings: Settings) -> OAuthParams:
 # The publisher builds every SendMessageBatch request itself (ids, sizes and attributes checked in
 # `SqsPublisher`), so botocore's client-side parameter validation, a walk over every entry of every
 # request, only costs CPU; SQS still validates each request.
-PUBLISHER_BOTO_CONFIG = Config(parameter_validation=False)
+# A SendMessageBatch normally answers in milliseconds: one that hangs is given up (and retried) in
+# seconds, not botocore's default 60, so that a stalled connection does not hold a batch for a minute.
+PUBLISH_CONNECT_TIMEOUT = 5.0
+PUBLISH_READ_TIMEOUT = 20.0
+PUBLISHER_BOTO_CONFIG = Config(
+    parameter_validation=False, connect_timeout=PUBLISH_CONNECT_TIMEOUT, read_timeout=PUBLISH_READ_TIMEOUT
+)
 
 
 def options_for(settings: Settings) -> StreamOptions:
@@ -757,13 +764,23 @@ async def open_consumer(
 ) -> AsyncIterator[StreamConsumer]:
     """A consumer wired to SQS, DynamoDB and the OAuth endpoint from the settings; its publisher is
     started on entry and closed on exit."""
-    from .runtime import aws_client
+    from .runtime import aws_client, aws_credentials
 
     opts = options or options_for(settings)
     holder: list[StreamConsumer] = []
+    sqs = aws_client(settings, "sqs", config=PUBLISHER_BOTO_CONFIG)
+    transport: SqsHttpTransport | None = None
+    if settings.sqs_transport is SqsTransport.HTTP:
+        transport = SqsHttpTransport(
+            sqs,
+            aws_credentials(settings),
+            connect_timeout=PUBLISH_CONNECT_TIMEOUT,
+            read_timeout=PUBLISH_READ_TIMEOUT,
+        )
     publisher = SqsPublisher(
-        aws_client(settings, "sqs", config=PUBLISHER_BOTO_CONFIG),
+        sqs,
         settings.queue_url,
+        transport=transport,
         on_ack=lambda token: holder[0].on_published(token),
         on_failure=lambda failure: holder[0].on_publish_failure(failure),
         config=PublisherConfig(

@@ -39,6 +39,7 @@ from ohip_relay.publish import (
     PublishFailure,
     SqsPublisher,
 )
+from ohip_relay.sqs_http import SqsHttpTransport
 
 from ..conftest import TEMPLATE
 
@@ -115,10 +116,13 @@ def _publisher(
     outcomes: Outcomes,
     *,
     s3: S3Client | None = None,
+    http: bool = False,
     **config: Any,
 ) -> SqsPublisher:
+    """`http`: SendMessageBatch through `SqsHttpTransport` (the stream consumer's) instead of boto3."""
     settings: dict[str, Any] = {"batch_window_s": 0.0, "retry_base_s": 0.001, "retry_max_s": 0.004}
     settings.update(config)
+    transport = SqsHttpTransport(client, boto3.session.Session().get_credentials()) if http else None
     return SqsPublisher(
         client,
         queue_url,
@@ -127,6 +131,7 @@ def _publisher(
         config=PublisherConfig(**settings),
         s3_client=s3,
         rng=random.Random(0),
+        transport=transport,
     )
 
 
@@ -258,14 +263,15 @@ async def _yield_to_loop(times: int = 20) -> None:
 # -- order, attributes, ids ---------------------------------------------------------------------
 
 
-async def test_fifo_keeps_order_per_group_and_sets_ids(fifo_stack: ProvisionedStack) -> None:
+@pytest.mark.parametrize("http", [False, True], ids=["boto3", "http"])
+async def test_fifo_keeps_order_per_group_and_sets_ids(fifo_stack: ProvisionedStack, http: bool) -> None:
     sqs = _sqs(fifo_stack)
     queue = _fresh_queue(fifo_stack)
     outcomes = Outcomes()
     groups = [f"HOTEL{h}-{r}" for h in (1, 2) for r in (100, 200, 300)]
     rng = random.Random(3)
     messages = [_message(n, rng.choice(groups)) for n in range(30)]
-    async with _publisher(sqs, queue, outcomes) as publisher:
+    async with _publisher(sqs, queue, outcomes, http=http) as publisher:
         assert publisher.is_fifo
         for message in messages:
             await publisher.submit(message)
@@ -292,11 +298,14 @@ async def test_fifo_keeps_order_per_group_and_sets_ids(fifo_stack: ProvisionedSt
         assert numbers == [m.ack_token for m in messages if m.group_id == group]
 
 
-async def test_standard_queue_batches_without_group_or_dedup(standard_stack: ProvisionedStack) -> None:
+@pytest.mark.parametrize("http", [False, True], ids=["boto3", "http"])
+async def test_standard_queue_batches_without_group_or_dedup(
+    standard_stack: ProvisionedStack, http: bool
+) -> None:
     sqs = _sqs(standard_stack)
     queue = _fresh_queue(standard_stack)
     outcomes = Outcomes()
-    async with _publisher(sqs, queue, outcomes) as publisher:
+    async with _publisher(sqs, queue, outcomes, http=http) as publisher:
         assert not publisher.is_fifo
         for n in range(25):  # submitted without yielding: all 25 are ready together
             await publisher.submit(_message(n, f"HOTEL1-{n % 3}"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ohip_relay.config import ConfigError, Need, Settings
+from ohip_relay.config import ConfigError, Need, Settings, SqsTransport
 
 FULL = {
     "OHIP_GATEWAY_URL": "https://ohip.example.com/",
@@ -112,3 +112,11 @@ def test_stale_threshold_must_cover_two_heartbeats(heartbeat: str, stale: str, o
     else:
         with pytest.raises(ConfigError, match=r"^RELAY_HEALTH_STALE_SECONDS: must be at least twice"):
             Settings.from_env(env, Need.POLL)
+
+
+def test_sqs_transport_defaults_to_http_and_accepts_boto3() -> None:
+    assert Settings.from_env(FULL, Need.STREAM).sqs_transport is SqsTransport.HTTP
+    settings = Settings.from_env({**FULL, "RELAY_SQS_TRANSPORT": "BOTO3"}, Need.STREAM)
+    assert settings.sqs_transport is SqsTransport.BOTO3
+    with pytest.raises(ConfigError, match=r"^RELAY_SQS_TRANSPORT: expected one of http, boto3"):
+        Settings.from_env({**FULL, "RELAY_SQS_TRANSPORT": "grpc"}, Need.STREAM)
