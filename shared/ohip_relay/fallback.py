@@ -53,6 +53,7 @@ from .publish import (
     claim_check_pointer,
     classify_error,
     message_size,
+    sqs_attributes,
 )
 from .seen import SeenSet, SeenSetUnavailable
 from .state import FallbackRecord, StateStore, StateStoreError
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
     import httpx
     from mypy_boto3_s3.client import S3Client
     from mypy_boto3_sqs.client import SQSClient
-    from mypy_boto3_sqs.type_defs import MessageAttributeValueTypeDef, SendMessageBatchRequestEntryTypeDef
+    from mypy_boto3_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
 
     from .config import Settings
 
@@ -248,11 +249,7 @@ class SqsBatchSender:
             size = message_size(body, message.attributes)
         item: SendMessageBatchRequestEntryTypeDef = {"Id": str(index), "MessageBody": body}
         if message.attributes:
-            attributes: dict[str, MessageAttributeValueTypeDef] = {
-                name: {"DataType": "String", "StringValue": value}
-                for name, value in message.attributes.items()
-            }
-            item["MessageAttributes"] = attributes
+            item["MessageAttributes"] = sqs_attributes(message.attributes)
         if self._fifo:
             item["MessageGroupId"] = message.group_id
             item["MessageDeduplicationId"] = message.dedup_id

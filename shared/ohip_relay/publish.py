@@ -100,7 +100,14 @@ SQS_MAX_ATTRIBUTES = 10
 SQS_MAX_PAYLOAD_BYTES = 1_048_576
 SQS_LEGACY_PAYLOAD_BYTES = 262_144
 CLAIM_CHECK_SCHEMA_VERSION = 1
-_ATTRIBUTE_TYPE = "String"
+# Message attributes are Strings, except these (docs/event-format.md: `schemaVersion` is a Number).
+NUMBER_ATTRIBUTES = frozenset({"schemaVersion"})
+
+
+def attribute_type(name: str) -> str:
+    """The SQS DataType an attribute of this name is sent with."""
+    return "Number" if name in NUMBER_ATTRIBUTES else "String"
+
 
 # Error codes worth retrying even when SQS, S3 or botocore calls them a sender/client fault.
 RETRYABLE_CODES = frozenset(
@@ -155,7 +162,8 @@ class OutboundMessage:
 
     `group_id` and `dedup_id` become MessageGroupId and MessageDeduplicationId on a FIFO queue (both
     required there) and are not sent to a standard queue; `dedup_id` also names the claim-check
-    object. `attributes` become String message attributes (at most 10, non-empty values).
+    object. `attributes` become message attributes (at most 10, non-empty values), of DataType
+    String except the names in `NUMBER_ATTRIBUTES` (Number).
     `ack_token` is handed back to `on_ack` / in `PublishFailure` untouched (for example the offset).
     """
 
@@ -232,10 +240,18 @@ class PublisherStats:
 
 
 def attributes_size(attributes: Mapping[str, str]) -> int:
-    """Bytes SQS counts for String attributes: name, data type and value of each."""
+    """Bytes SQS counts for the attributes: name, data type and value of each."""
     return sum(
-        len(name.encode()) + len(_ATTRIBUTE_TYPE) + len(value.encode()) for name, value in attributes.items()
+        len(name.encode()) + len(attribute_type(name)) + len(value.encode())
+        for name, value in attributes.items()
     )
+
+
+def sqs_attributes(attributes: Mapping[str, str]) -> dict[str, MessageAttributeValueTypeDef]:
+    """The MessageAttributes of a request entry (boto3 shape) for `OutboundMessage.attributes`."""
+    return {
+        name: {"DataType": attribute_type(name), "StringValue": value} for name, value in attributes.items()
+    }
 
 
 def message_size(body: str, attributes: Mapping[str, str]) -> int:
@@ -817,11 +833,7 @@ class SqsPublisher:
             message = entry.message
             item: SendMessageBatchRequestEntryTypeDef = {"Id": str(entry.seq), "MessageBody": entry.wire_body}
             if message.attributes:
-                attributes: dict[str, MessageAttributeValueTypeDef] = {
-                    name: {"DataType": _ATTRIBUTE_TYPE, "StringValue": value}
-                    for name, value in message.attributes.items()
-                }
-                item["MessageAttributes"] = attributes
+                item["MessageAttributes"] = sqs_attributes(message.attributes)
             if self._fifo:
                 item["MessageGroupId"] = message.group_id
                 item["MessageDeduplicationId"] = message.dedup_id

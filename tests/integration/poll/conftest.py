@@ -129,6 +129,9 @@ class PollRig:
                 body["_attributes"] = {
                     k: v["StringValue"] for k, v in message.get("MessageAttributes", {}).items()
                 }
+                body["_attribute_types"] = {
+                    k: v["DataType"] for k, v in message.get("MessageAttributes", {}).items()
+                }
                 body["_group"] = message.get("Attributes", {}).get("MessageGroupId")
                 out.append(body)
             self.sqs.delete_message_batch(

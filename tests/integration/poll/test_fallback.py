@@ -37,7 +37,10 @@ def assert_each_once(rig: PollRig, received: list[dict[str, Any]], emitted: list
     assert set(keys) == {key_of(rig, e) for e in emitted}
     for body in received:
         attributes, group = body.pop("_attributes"), body.pop("_group")
+        types = body.pop("_attribute_types")
         VALIDATOR.validate(body)
+        assert types == {name: "Number" if name == "schemaVersion" else "String" for name in attributes}
+        assert attributes["schemaVersion"] == "1"
         assert body["source"] == "poll"
         assert attributes["source"] == "poll"
         assert attributes["eventName"] == body["eventName"]

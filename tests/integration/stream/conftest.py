@@ -61,6 +61,7 @@ class Rig:
     stack: ProvisionedStack
     env: dict[str, str]
     received: list[dict[str, Any]] = field(default_factory=list)
+    attributes: list[dict[str, tuple[str, str]]] = field(default_factory=list)  # per message, as received
 
     def __post_init__(self) -> None:
         kw: dict[str, Any] = {"endpoint_url": self.stack.endpoint_url, "region_name": self.stack.region}
@@ -107,6 +108,10 @@ class Rig:
                     Entries=[
                         {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
                     ],
+                )
+            for m in messages:
+                self.attributes.append(
+                    {k: (v["DataType"], v["StringValue"]) for k, v in m.get("MessageAttributes", {}).items()}
                 )
             return [json.loads(m["Body"]) for m in messages]
 

@@ -62,6 +62,12 @@ async def test_sigterm_completes_drains_and_checkpoints_the_last_acknowledged_of
     checkpoint = rig.state.get_checkpoint()
     assert checkpoint is not None
     assert checkpoint.offset == rig.emitted_offsets()[-1]
+    # The documented attributes (docs/event-format.md), with their documented types.
+    for attributes, body in zip(rig.attributes, rig.received, strict=True):
+        assert attributes["schemaVersion"] == ("Number", "1")
+        assert attributes["source"] == ("String", "stream")
+        assert attributes["eventName"] == ("String", body["eventName"])
+        assert attributes["moduleName"] == ("String", body["moduleName"])
     heartbeat = rig.state.get_heartbeat()
     assert heartbeat is not None
     assert heartbeat.state is StreamState.STOPPED
