@@ -15,6 +15,7 @@ between changes; see `docs/event-format.md` for the derivation. Pure code: no I/
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html
 import json
@@ -88,6 +89,7 @@ _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 _CACHE_LIMIT = 4096
 _NAMES: dict[str, str] = {}
 _MODULE_NAMES: dict[str, str] = {}
+_SCOPE_DATES: dict[str, str] = {}  # scope date as sent -> as published (a few hundred dates repeat)
 _CHAIN_CODES_SEEN: set[str] = set()
 
 
@@ -438,7 +440,7 @@ def _build(
 def _detail_from_ohip(item: object, detail_field: str, index: int) -> DetailElement:
     # The hot path of both channels: field names for error messages are only built when needed,
     # and the common values (strings, nulls) skip the general converters.
-    if not isinstance(item, Mapping):
+    if type(item) is not dict and not isinstance(item, Mapping):  # dict first: an ABC check is slow
         raise MalformedEvent(f"{detail_field}[{index}]", "not an object")
     get = item.get
     name = get("elementName") if "elementName" in item else get("dataElement")
@@ -643,16 +645,21 @@ def _millis(value: datetime) -> datetime:
 def _scope_date(value: object, field: str) -> str | None:
     """Scope dates as `YYYY-MM-DD` when recognisable (`2021-06-17`, `20210617`, with or without a
     time part); anything else is kept as sent rather than dropping the event."""
+    if type(value) is str:
+        known = _SCOPE_DATES.get(value)
+        if known is not None:
+            return known
     text = _id_text(value, field)
     if text is None:
         return None
+    result = text
     match = _DATE.match(text)
     if match:
-        try:
-            return date(*(int(g) for g in match.groups())).isoformat()
-        except ValueError:
-            pass
-    return text
+        with contextlib.suppress(ValueError):
+            result = date(*(int(g) for g in match.groups())).isoformat()
+    if type(value) is str and len(_SCOPE_DATES) < _CACHE_LIMIT:
+        _SCOPE_DATES[value] = result
+    return result
 
 
 def _as_number(value: object) -> int | float | None:

@@ -168,3 +168,22 @@ def test_frame_size_counts_utf8_bytes_of_text_frames(text: str) -> None:
 def test_a_chain_code_that_is_not_a_string_is_refused() -> None:
     with pytest.raises(ValueError, match="chain_code"):
         from_stream(new_event(), ["CHAIN1"], RELAYED)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("sent", "published"),
+    [
+        ("20240501", "2024-05-01"),
+        ("2024-05-01", "2024-05-01"),
+        (" 2024-05-01T00:00:00 ", "2024-05-01"),
+        ("20240231", "20240231"),  # not a date: kept as sent
+        ("next week", "next week"),
+        (20240501, "2024-05-01"),
+    ],
+)
+def test_scope_dates_are_the_same_from_the_cache(sent: object, published: str) -> None:
+    events._SCOPE_DATES.clear()
+    first = events._scope_date(sent, "scopeFrom")
+    again = events._scope_date(sent, "scopeFrom")  # the second time from the cache (strings)
+    assert first == again == published
+    assert (sent in events._SCOPE_DATES) is isinstance(sent, str)
