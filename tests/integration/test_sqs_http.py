@@ -20,7 +20,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
 import pytest
@@ -201,6 +201,17 @@ async def _transport(url: str, credentials: Credentials | None = None, **options
     return transport
 
 
+_E = TypeVar("_E", bound=BaseException)
+
+
+async def _failure(transport: SqsHttpTransport, expected: type[_E]) -> _E:
+    """Send one entry; the exception it must raise."""
+    with pytest.raises(expected) as raised:
+        async with asyncio.timeout(TIMEOUT):
+            await transport.send_message_batch(QUEUE, _entries(1))
+    return raised.value
+
+
 async def test_the_request_is_boto3s_and_its_signature_covers_what_was_sent(endpoint: Endpoint) -> None:
     endpoint.answer = lambda received: acknowledge_all(received, failed=frozenset({"2"}))
     entries = _entries()
@@ -225,9 +236,11 @@ async def test_the_request_is_boto3s_and_its_signature_covers_what_was_sent(endp
     assert not signature_verifies(tampered, secret)
 
     assert result["Successful"] == reference["Successful"]
-    assert result["Failed"] == reference["Failed"] == [
-        {"Id": "2", "SenderFault": False, "Code": "InternalError", "Message": "try again"}
-    ]
+    assert (
+        result["Failed"]
+        == reference["Failed"]
+        == [{"Id": "2", "SenderFault": False, "Code": "InternalError", "Message": "try again"}]
+    )
     assert result["ResponseMetadata"]["HTTPStatusCode"] == 200
 
 
@@ -250,16 +263,14 @@ async def test_errors_come_out_as_boto3_raises_them(
         await _via_boto3(_client(endpoint.url), _entries(1))
     transport = await _transport(endpoint.url)
     try:
-        with pytest.raises(ClientError) as raised:
-            async with asyncio.timeout(TIMEOUT):
-                await transport.send_message_batch(QUEUE, _entries(1))
+        raised = await _failure(transport, ClientError)
     finally:
         await transport.close()
-    assert raised.value.response["Error"] == reference.value.response["Error"]
-    assert raised.value.response["Error"]["Code"] == query_code.split(";")[0]
-    assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
-    assert classify_error(raised.value) == classify_error(reference.value)
-    assert classify_error(raised.value)[0] is retryable
+    assert raised.response["Error"] == reference.value.response["Error"]
+    assert raised.response["Error"]["Code"] == query_code.split(";")[0]
+    assert raised.response["ResponseMetadata"]["HTTPStatusCode"] == status
+    assert classify_error(raised) == classify_error(reference.value)
+    assert classify_error(raised)[0] is retryable
 
 
 async def test_a_closed_port_is_a_retryable_connection_error() -> None:
@@ -268,30 +279,24 @@ async def test_a_closed_port_is_a_retryable_connection_error() -> None:
         port = probe.getsockname()[1]
     transport = await _transport(f"http://127.0.0.1:{port}", connect_timeout=2.0)
     try:
-        with pytest.raises(EndpointConnectionError) as raised:
-            async with asyncio.timeout(TIMEOUT):
-                await transport.send_message_batch(QUEUE, _entries(1))
+        refused = await _failure(transport, EndpointConnectionError)
     finally:
         await transport.close()
-    assert classify_error(raised.value)[0] is True
+    assert classify_error(refused)[0] is True
 
 
 async def test_a_silent_endpoint_times_out_and_a_dropped_one_is_closed(endpoint: Endpoint) -> None:
     transport = await _transport(endpoint.url, read_timeout=0.3)
     try:
         endpoint.answer = lambda received: None
-        with pytest.raises(ReadTimeoutError) as silent:
-            async with asyncio.timeout(TIMEOUT):
-                await transport.send_message_batch(QUEUE, _entries(1))
+        silent = await _failure(transport, ReadTimeoutError)
         endpoint.answer = lambda received: web.Response(status=599)
-        with pytest.raises(ConnectionClosedError) as dropped:
-            async with asyncio.timeout(TIMEOUT):
-                await transport.send_message_batch(QUEUE, _entries(1))
+        dropped = await _failure(transport, ConnectionClosedError)
     finally:
         endpoint.release.set()
         await transport.close()
-    assert classify_error(silent.value)[0] is True
-    assert classify_error(dropped.value)[0] is True
+    assert classify_error(silent)[0] is True
+    assert classify_error(dropped)[0] is True
 
 
 async def test_credentials_are_refreshed_off_the_event_loop(endpoint: Endpoint) -> None:
