@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -74,6 +75,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--chain", default="BENCH")
     args = parser.parse_args()
+    # This process keeps every event it emitted (as OHIP keeps 7 days), so the cyclic collector's
+    # full passes grow with the run and stalled its sends by 50-150 ms: measured as the relay's
+    # p99 latency (15 ms without them). A bench process of a few minutes needs no cycle collection.
+    gc.disable()
     asyncio.run(_serve(args.chain))
 
 
