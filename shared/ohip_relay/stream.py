@@ -39,7 +39,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from botocore.config import Config
@@ -56,11 +56,13 @@ from .events import CanonicalEvent, MalformedEvent, from_stream
 from .publish import OutboundMessage, PublisherConfig, PublishError, PublishFailure, SqsPublisher
 from .seen import SeenSet
 from .sqs_http import SqsHttpTransport
-from .state import Heartbeat, StateStore, StreamState
+from .state import Heartbeat, StateStore, StateStoreError, StreamState
 from .telemetry import Metric, Telemetry
 from .watermark import OffsetWatermark
 
 log = logging.getLogger("ohip_relay.stream")
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,10 @@ class StreamOptions:
     def __post_init__(self) -> None:
         if self.lease_renew_interval * 2 >= self.lease_duration:
             raise ValueError("lease_renew_interval must be under half the lease_duration")
+
+
+class _Stopped(Exception):
+    """A stop was requested while the consumer was waiting to read its state."""
 
 
 class PublishFailed(Exception):
@@ -183,7 +189,10 @@ class StreamConsumer:
 
     async def run(self) -> int:
         """Run until `request_stop()`; returns the process exit status."""
-        checkpoint = await asyncio.to_thread(self.state.get_checkpoint)
+        try:
+            checkpoint = await self._read_state("checkpoint", self.state.get_checkpoint)
+        except _Stopped:
+            return self.exit_status
         self.checkpointed = checkpoint.offset if checkpoint else None
         self.watermark = OffsetWatermark(self.checkpointed)
         background = [
@@ -196,7 +205,10 @@ class StreamConsumer:
             while not self._stop.is_set():
                 if not await self._acquire_lease():
                     break
-                await self._take_over()
+                try:
+                    await self._take_over()
+                except _Stopped:
+                    break
                 keeper = asyncio.create_task(self._lease_keeper())
                 try:
                     await self._connection_loop()
@@ -576,14 +588,16 @@ class StreamConsumer:
         chain, not per task); its final heartbeat says when it stopped.
         """
         await self._refresh_fallback_mark()
-        checkpoint = await asyncio.to_thread(self.state.get_checkpoint)
+        # Bounded: the lease keeper starts after this, so the lease must still be ours when it does.
+        within = self.options.lease_renew_interval
+        checkpoint = await self._read_state("checkpoint", self.state.get_checkpoint, give_up_after=within)
         current = self.watermark.value
         if checkpoint is not None and (current is None or checkpoint.offset > current):
             if self.watermark.pending:
                 await self._settle_publisher()
             self.watermark = OffsetWatermark(checkpoint.offset)
             self.checkpointed = checkpoint.offset
-        heartbeat = await asyncio.to_thread(self.state.get_heartbeat)
+        heartbeat = await self._read_state("heartbeat", self.state.get_heartbeat, give_up_after=within)
         if (
             heartbeat is not None
             and heartbeat.owner != self.owner
@@ -593,6 +607,31 @@ class StreamConsumer:
             completed_at = loop.time() - max(0.0, time.time() - heartbeat.updated_at)
             if self._last_complete_at is None or completed_at > self._last_complete_at:
                 self._last_complete_at = completed_at
+
+    async def _read_state(
+        self, what: str, read: Callable[[], _T], *, give_up_after: float | None = None
+    ) -> _T:
+        """`read()` in a thread, tried again with backoff while DynamoDB fails in a way worth
+        retrying (throttling beyond botocore's retries, 5xx, no connection): a warning each time,
+        not a crash. Other errors are raised at once; a retryable one once `give_up_after` seconds
+        have passed; `_Stopped` if a stop comes first."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        delay = 0.5
+        while True:
+            try:
+                return await asyncio.to_thread(read)
+            except StateStoreError as exc:
+                if not exc.retryable:  # a missing table, no permission: trying again cannot help
+                    raise
+                if give_up_after is not None and loop.time() - started + delay > give_up_after:
+                    log.error("cannot read the %s (%s); giving up", what, exc.code)
+                    raise
+                log.warning("cannot read the %s (%s); trying again in %.1fs", what, exc.code, delay)
+            await self._sleep(delay)
+            if self._stop.is_set():
+                raise _Stopped
+            delay = min(delay * 2, 5.0)
 
     async def _lease_keeper(self) -> None:
         held_until = time.time() + self.options.lease_duration

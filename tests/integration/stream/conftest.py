@@ -77,9 +77,17 @@ class Rig:
 
     @contextlib.asynccontextmanager
     async def consumer(
-        self, options: StreamOptions = FAST, *, owner: str | None = None, **env: str
+        self,
+        options: StreamOptions = FAST,
+        *,
+        owner: str | None = None,
+        state: StateStore | None = None,
+        **env: str,
     ) -> AsyncIterator[Running]:
+        """`state`: the consumer's state store instead of the one `open_consumer` wires."""
         async with open_consumer(self.settings(**env), options, owner=owner) as consumer:
+            if state is not None:
+                consumer.state = state
             running = Running(consumer, asyncio.create_task(consumer.run()))
             try:
                 yield running
