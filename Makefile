@@ -31,9 +31,10 @@ test: $(STAMP) ## run the test suite (unit + integration over real sockets)
 # The chaos suite (README "Chaos suite"): CHAOS_SCHEDULES seeded fault schedules from CHAOS_SEED.
 CHAOS_SCHEDULES ?= 20
 CHAOS_SEED ?= 1
+CHAOS_JOBS ?= 1
 .PHONY: chaos
-chaos: $(STAMP) ## seeded fault schedules against the local stack; invariants checked (CHAOS_SCHEDULES, CHAOS_SEED)
-	@$(BIN)/ohip-relay local chaos --schedules $(CHAOS_SCHEDULES) --seed $(CHAOS_SEED)
+chaos: $(STAMP) ## seeded fault schedules against the local stack; invariants checked (CHAOS_SCHEDULES, CHAOS_SEED, CHAOS_JOBS)
+	@$(BIN)/ohip-relay local chaos --schedules $(CHAOS_SCHEDULES) --seed $(CHAOS_SEED) --jobs $(CHAOS_JOBS)
 
 # The benchmark (README "Benchmarks"): its own pins (chart, profiler) go into .venv beside the project's.
 # BENCH_SCALE=0.2 for a quicker run; BENCH_PROFILE=1 samples the relay with py-spy.

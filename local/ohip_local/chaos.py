@@ -10,13 +10,15 @@ backpressure bursts, SQS and DynamoDB errors, throttling, slowness and ambiguous
 an overlapping second relay (a deployment: the old one gets SIGTERM), an outage covered by poll
 ticks, Poll API 5xx / 429 / slow answers, and ticks that run out of time (`--time-limit`).
 
-Replay one schedule with `ohip-relay local chaos --seed N --schedules 1 -v`.
+Replay one schedule with `ohip-relay local chaos --seed N --schedules 1 -v`. `--jobs N` runs N
+schedules at once, each in a worker process with its own moto (`motoproc`), gateway and fault proxy;
+a schedule's plan depends on its seed only, so a seed replays the same whatever the jobs.
 
 The steps take no time of their own (emits run in the background): an AWS fault stays on through
 the steps after it. After the steps: the emits finish, the AWS faults run out (count or duration,
 at most `FAULT_GRACE`), a relay runs until every emitted event is on the queue (with a poll tick
-every `TICK_EVERY`, as the scheduled Lambda would run one every minute), SIGTERM, the reader drains
-the queue, then the invariants (`check_invariants`):
+whenever no new event reached the queue for `TICK_EVERY`, as the scheduled Lambda would run one
+every minute), SIGTERM, the reader drains the queue, then the invariants (`check_invariants`):
 
 - every emitted event (by `eventKey`) is on the queue at least once (`lost` = 0), and nothing else
   is (`unexpected` = 0);
@@ -40,6 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import random
 import re
 import signal
@@ -48,7 +51,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,11 +63,12 @@ import httpx
 from ohip_relay.events import from_poll
 from ohip_relay.state import StateStore
 
-from .aws import DEFAULT_REGION, ProvisionedStack, local_client, moto_server, provision
+from .aws import DEFAULT_REGION, ProvisionedStack, local_client, provision
 from .control import ControlClient
 from .faultproxy import FaultProxy, FaultRule, running_fault_proxy
 from .gateway import GatewayConfig, LocalGateway
 from .harness import HarnessError, QueueReader, RelayProcess, wait_until
+from .motoproc import moto_process
 from .poll import business_event_data
 from .stack import environment_for, find_template
 from .threaded import call_in_gateway, running_gateway
@@ -75,7 +80,7 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 4.0  # a restart after kill -9 waits this long for the lease
 HEALTH_SECONDS = 3.0  # stale / grace / recover thresholds of the poll fallback
 DELIVERY_TIMEOUT = 420.0  # after the steps: every event on the queue within this (generous: slow CI)
-TICK_EVERY = 20.0  # while waiting for delivery, a poll tick this often (the Lambda runs every minute)
+TICK_EVERY = 10.0  # while waiting for delivery: a poll tick after this long with no new event on the queue
 SAMPLE_INTERVAL = 0.25
 FAULT_GRACE = 15.0  # after the steps, AWS faults stay on at most this long (until they run out)
 
@@ -393,6 +398,7 @@ class ScheduleResult:
     close_codes: dict[str, int] = field(default_factory=dict)
     lost_keys: list[str] = field(default_factory=list)
     duration: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase (see _Run.phase)
 
     @property
     def ok(self) -> bool:
@@ -536,8 +542,18 @@ class _Run:
         self.tick_lines: list[str] = []
         self.sigterm_exits: list[int] = []
         self.notes: list[str] = []
+        self.timings: dict[str, float] = {}
 
     # -- helpers -----------------------------------------------------------------------------
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the wall time of the block to `timings[name]` (where a schedule's time goes)."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.monotonic() - started, 3)
 
     def say(self, text: str) -> None:
         if self.verbose:
@@ -566,12 +582,13 @@ class _Run:
     def await_running(self, relay: RelayProcess, timeout: float = 180.0) -> None:
         """Until `relay` holds the lease (it is past its start-up, its SIGTERM handler installed)
         or has exited; an exit here is a harness error with the relay's last log lines."""
-        wait_until(
-            lambda: relay.saw("lease acquired") or relay.returncode is not None,
-            timeout=timeout,
-            interval=0.1,
-            what="the relay to acquire the lease",
-        )
+        with self.phase("await lease"):
+            wait_until(
+                lambda: relay.saw("lease acquired") or relay.returncode is not None,
+                timeout=timeout,
+                interval=0.1,
+                what="the relay to acquire the lease",
+            )
         if relay.returncode is not None and not relay.saw("lease acquired"):
             tail = " | ".join(relay.lines[-5:])
             raise HarnessError(f"the relay exited with {relay.returncode} while starting: {tail}")
@@ -589,13 +606,18 @@ class _Run:
         if relay.returncode is not None:
             return
         try:
-            self.sigterm_exits.append(relay.terminate(timeout=timeout))
+            with self.phase("sigterm"):
+                self.sigterm_exits.append(relay.terminate(timeout=timeout))
         except subprocess.TimeoutExpired:
             self.notes.append(f"relay did not stop within {timeout:g}s of SIGTERM; killed")
             self.sigterm_exits.append(-9)
             relay.kill()
 
     def tick(self, time_limit: float = 30.0) -> str:
+        with self.phase("ticks"):
+            return self._tick(time_limit)
+
+    def _tick(self, time_limit: float) -> str:
         tick = subprocess.run(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "ohip_relay.cli", "poll", "--time-limit", f"{time_limit:g}"],
             env={**os.environ, **self.env},
@@ -620,6 +642,10 @@ class _Run:
     # -- steps -------------------------------------------------------------------------------
 
     def run_step(self, step: Step) -> None:
+        with self.phase(f"step {step.kind}"):
+            self._run_step(step)
+
+    def _run_step(self, step: Step) -> None:
         p = step.params
         self.say(step.describe())
         if step.kind == "emit":
@@ -704,10 +730,12 @@ class _Run:
         a relay up, SIGTERM, and the queue drained."""
         self.control.poll_fault("off")
         self.control.stall_pongs(False)
-        wait_until(
-            lambda: self.control.state()["background_emits"] == 0, timeout=300, interval=0.2, what="emits"
-        )
+        with self.phase("settle emits"):
+            wait_until(
+                lambda: self.control.state()["background_emits"] == 0, timeout=300, interval=0.2, what="emits"
+            )
         keys = self.emitted_keys()
+        grace_started = time.monotonic()
         # An AWS fault stays on through the steps after it (the steps themselves take no time, the
         # emits run in the background): until its count or duration runs out, every event is on
         # the queue, or FAULT_GRACE passes.
@@ -717,26 +745,40 @@ class _Run:
             if set(keys.values()) <= set(reader.snapshot().keys()):
                 break
             time.sleep(0.2)
+        self.timings["settle grace"] = round(time.monotonic() - grace_started, 3)
         self.proxy.clear()
         self.ensure_relay()
-        deadline = time.monotonic() + DELIVERY_TIMEOUT
-        next_tick = time.monotonic() + TICK_EVERY
-        while not set(keys.values()) <= set(reader.snapshot().keys()):
-            if time.monotonic() > deadline:
+        delivery_started = time.monotonic()
+        deadline = delivery_started + DELIVERY_TIMEOUT
+        wanted = set(keys.values())
+        on_queue = len(wanted & set(reader.snapshot().keys()))
+        moved = delivery_started  # when the last new event reached the queue, or the last tick ended
+        next_report = delivery_started + 5
+        while on_queue < len(wanted):
+            now = time.monotonic()
+            if now > deadline:
                 self.notes.append(f"not every event on the queue after {DELIVERY_TIMEOUT:g}s")
                 break
             self.ensure_relay()
-            if time.monotonic() > next_tick:
+            if now - moved > TICK_EVERY:
                 self.tick()  # re-delivers spilled pages, as the scheduled Lambda would
-                next_tick = time.monotonic() + TICK_EVERY
+                moved = time.monotonic()
+            if now > next_report:
+                self.say(f"delivery: {on_queue} of {len(wanted)} on the queue")
+                next_report = now + 5
             time.sleep(0.2)
+            arrived = len(wanted & set(reader.snapshot().keys()))
+            if arrived > on_queue:
+                on_queue, moved = arrived, time.monotonic()
+        self.timings["settle delivery"] = round(time.monotonic() - delivery_started, 3)
         assert self.relay is not None
         self.sigterm(self.relay)
         # Every writer has stopped: what the SIGTERM flushed is on the queue. The reader appends a
         # message before it deletes it, so an empty queue (nothing visible, in flight or delayed)
         # means the reader holds every message.
         try:
-            wait_until(self.queue_empty, timeout=120, interval=0.2, what="the reader to drain the queue")
+            with self.phase("settle drain"):
+                wait_until(self.queue_empty, timeout=120, interval=0.2, what="the reader to drain the queue")
         except HarnessError as exc:
             self.notes.append(str(exc))
 
@@ -771,17 +813,25 @@ def run_schedule(
     """Run one schedule on a clean local stack (moto reset and provisioned again) and check it."""
     started = time.monotonic()
     result = ScheduleResult(seed=schedule.seed, steps=len(schedule.steps), plan=schedule.describe())
+    mark = time.monotonic()
     _reset_moto(moto_endpoint)
+    result.timings["moto reset"] = round(time.monotonic() - mark, 3)
+    mark = time.monotonic()
     stack = provision(moto_endpoint, template, stack_name="ohip-relay-chaos", region=DEFAULT_REGION)
+    result.timings["provision"] = round(time.monotonic() - mark, 3)
     config = GatewayConfig(seed=schedule.seed)
+    mark = time.monotonic()
     with running_gateway(config) as gateway, running_fault_proxy(moto_endpoint, seed=schedule.seed) as proxy:
+        result.timings["gateway+proxy start"] = round(time.monotonic() - mark, 3)
         run = _Run(schedule, gateway=gateway, config=config, stack=stack, proxy=proxy, verbose=verbose)
         reader = QueueReader(stack.queue_url, endpoint_url=moto_endpoint, region=stack.region)
         sampler = _Sampler(run.state, run.control)
         try:
             with reader, sampler:
                 try:
+                    mark = time.monotonic()
                     run.run(reader, sampler)
+                    run.timings["run total"] = round(time.monotonic() - mark, 3)
                 except (HarnessError, subprocess.TimeoutExpired) as exc:
                     run.notes.append(f"harness: {exc}")
                     result.problems.append(f"harness: {exc}")
@@ -817,6 +867,7 @@ def run_schedule(
     result.notes = run.notes
     result.close_codes = sampler.close_codes
     result.duration = time.monotonic() - started
+    result.timings.update(run.timings)
     if verdict.lost:
         _say(f"  seed {schedule.seed}: LOST {len(verdict.lost)} events; relay logs follow")
         dump = Path(f"chaos-lost-seed-{schedule.seed}.log")
@@ -834,16 +885,25 @@ def run_schedule(
 
 def run_chaos(
     *,
-    schedules: int,
-    seed: int,
+    schedules: int = 1,
+    seed: int = 1,
     short: bool = False,
     verbose: bool = False,
     out: Path | None = None,
     on_result: Callable[[ScheduleResult], None] | None = None,
     minutes: float | None = None,
+    jobs: int = 1,
+    seeds: Sequence[int] | None = None,
 ) -> list[ScheduleResult]:
-    """Run schedules `seed` .. `seed + schedules - 1`; print a row per schedule and a summary.
-    `minutes`: start no schedule after this much wall time (the summary says how many ran)."""
+    """Run schedules `seed` .. `seed + schedules - 1` (or exactly `seeds`, when given: the failed
+    seeds of an earlier run, say); print a row per schedule and a summary.
+    `minutes`: start no schedule after this much wall time (the summary says how many ran).
+    `jobs`: how many schedules run at once, each job in a worker process with its own moto,
+    gateway and fault proxy (rows are printed as schedules finish; the result list is in seed
+    order)."""
+    if jobs < 1:
+        raise ValueError("jobs must be at least 1")
+    chosen = list(seeds) if seeds is not None else list(range(seed, seed + schedules))
     noisy = ["werkzeug", "botocore", "urllib3", "aiohttp", "httpx", "httpcore", "moto", "asyncio"]
     quieted = {name: logging.getLogger(name).level for name in noisy + ([] if verbose else ["ohip_local"])}
     for name in quieted:
@@ -854,13 +914,13 @@ def run_chaos(
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return _run_chaos(
-            schedules=schedules,
-            seed=seed,
+            seeds=chosen,
             short=short,
             verbose=verbose,
             out=out,
             on_result=on_result,
             minutes=minutes,
+            jobs=max(1, min(jobs, len(chosen))),
         )
     finally:
         for name, level in quieted.items():
@@ -873,48 +933,233 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _seed_range(seeds: Sequence[int]) -> str:
+    if seeds and list(seeds) == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"from seed {seeds[0]}"
+    return f"seeds {', '.join(str(n) for n in seeds)}"
+
+
+def _run_one(n: int, *, short: bool, verbose: bool, endpoint: str, template: Path) -> ScheduleResult:
+    """Schedule `n`, run and checked; a harness failure (its relays killed) is a failed result."""
+    schedule = generate_schedule(n, short=short)
+    if verbose:
+        _say(f"  [{n}] plan: {schedule.describe()}")
+    try:
+        return run_schedule(schedule, moto_endpoint=endpoint, template=template, verbose=verbose)
+    except Exception as exc:
+        log.exception("schedule %s: the harness failed", n)
+        result = ScheduleResult(seed=n, steps=len(schedule.steps), plan=schedule.describe())
+        result.problems.append(f"harness: {type(exc).__name__}: {exc}")
+        return result
+
+
 def _run_chaos(
     *,
-    schedules: int,
-    seed: int,
+    seeds: Sequence[int],
     short: bool,
     verbose: bool,
     out: Path | None,
     on_result: Callable[[ScheduleResult], None] | None,
     minutes: float | None,
+    jobs: int,
 ) -> list[ScheduleResult]:
     template = find_template()
     started = time.monotonic()
     results: list[ScheduleResult] = []
-    _say(f"ohip-relay chaos: {schedules} schedule(s) from seed {seed}{' (short)' if short else ''}")
+    jobs_note = f", {jobs} at a time" if jobs > 1 else ""
+    kind = " (short)" if short else ""
+    _say(f"ohip-relay chaos: {len(seeds)} schedule(s) {_seed_range(seeds)}{kind}{jobs_note}")
     _say(f"  replay one: ohip-relay local chaos --seed N --schedules 1{' --short' if short else ''} -v")
     _say(TABLE_HEADER)
-    with moto_server("127.0.0.1", 0) as endpoint:
-        for n in range(seed, seed + schedules):
-            if minutes is not None and time.monotonic() - started > minutes * 60:
-                _say(f"  time budget of {minutes:g} min used: stopping before seed {n}")
-                break
-            schedule = generate_schedule(n, short=short)
-            if verbose:
-                _say(f"  [{n}] plan: {schedule.describe()}")
-            try:
-                result = run_schedule(schedule, moto_endpoint=endpoint, template=template, verbose=verbose)
-            except Exception as exc:  # the harness broke (its relays are killed): count it, go on
-                log.exception("schedule %s: the harness failed", n)
-                result = ScheduleResult(seed=n, steps=len(schedule.steps), plan=schedule.describe())
-                result.problems.append(f"harness: {type(exc).__name__}: {exc}")
-            results.append(result)
-            _say(result.row())
-            if verbose and result.notes:
-                _say(f"         notes: {'; '.join(result.notes)}")
-            if out is not None:
-                with out.open("a", encoding="utf-8") as fh:
-                    fh.write(json.dumps({**asdict(result), "short": short}) + "\n")
-            if on_result is not None:
-                on_result(result)
+
+    def record(result: ScheduleResult) -> None:
+        results.append(result)
+        _say(result.row())
+        if verbose and result.notes:
+            _say(f"         notes: {'; '.join(result.notes)}")
+        if verbose and result.timings:
+            _say("         timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
+        if out is not None:
+            with out.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps({**asdict(result), "short": short}) + "\n")
+        if on_result is not None:
+            on_result(result)
+
+    def budget_left(n: int) -> bool:
+        if minutes is not None and time.monotonic() - started > minutes * 60:
+            _say(f"  time budget of {minutes:g} min used: stopping before seed {n}")
+            return False
+        return True
+
+    if jobs == 1:
+        with moto_process() as endpoint:
+            for n in seeds:
+                if not budget_left(n):
+                    break
+                record(_run_one(n, short=short, verbose=verbose, endpoint=endpoint, template=template))
+    else:
+        _run_parallel(
+            seeds,
+            jobs=jobs,
+            short=short,
+            verbose=verbose,
+            record=record,
+            budget_left=budget_left,
+        )
+    results.sort(key=lambda r: r.seed)
     for line in summarise(results, time.monotonic() - started):
         _say(line)
     return results
+
+
+# -- parallel jobs ---------------------------------------------------------------------------------
+#
+# Each job is a worker process (`python -m ohip_local.chaos --worker`) with its own moto process,
+# gateway, fault proxy, queue reader and relays. The parent hands out seeds one at a time on the
+# worker's stdin (so that the time budget is checked before every schedule and a slow schedule
+# does not hold up the others); the worker answers with one result line per seed. Each worker is
+# the leader of its own process group: on Ctrl-C or SIGTERM the parent kills every group, the
+# relays, ticks and moto processes in them included.
+
+_RESULT_MARK = "@@chaos-result "
+_WORKER_RESTARTS = 3  # workers that died mid-schedule are replaced this many times in all
+
+
+class _Worker:
+    def __init__(
+        self, number: int, *, short: bool, verbose: bool, events: queue.Queue[tuple[_Worker, str | None]]
+    ) -> None:
+        self.number = number
+        self.seed: int | None = None
+        self.finished = False
+        command = [sys.executable, "-m", "ohip_local.chaos", "--worker"]
+        command += ["--short"] if short else []
+        command += ["-v"] if verbose else []
+        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # its own process group: killed as a whole
+        )
+        self._events = events
+        threading.Thread(target=self._read, daemon=True, name=f"chaos-worker-{number}").start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._events.put((self, line.rstrip("\n")))
+        self._events.put((self, None))
+
+    def give(self, seed: int | None) -> None:
+        """The next seed to run, or None: no more (the worker exits when its stdin closes)."""
+        self.seed = seed
+        assert self.proc.stdin is not None
+        try:
+            if seed is None:
+                self.proc.stdin.close()
+            else:
+                self.proc.stdin.write(f"{seed}\n")
+                self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # it died: its end of stdout says so
+
+    def kill_group(self) -> None:
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+
+
+def _run_parallel(
+    seeds: Sequence[int],
+    *,
+    jobs: int,
+    short: bool,
+    verbose: bool,
+    record: Callable[[ScheduleResult], None],
+    budget_left: Callable[[int], bool],
+) -> None:
+    events: queue.Queue[tuple[_Worker, str | None]] = queue.Queue()
+    pending = iter(seeds)
+    stopped = False
+    restarts = 0
+    workers: list[_Worker] = []
+
+    def next_seed() -> int | None:
+        nonlocal stopped
+        if stopped:
+            return None
+        n = next(pending, None)
+        if n is not None and not budget_left(n):
+            stopped = True
+            return None
+        return n
+
+    def start(number: int) -> None:
+        worker = _Worker(number, short=short, verbose=verbose, events=events)
+        workers.append(worker)
+        worker.give(next_seed())
+
+    try:
+        for number in range(jobs):
+            start(number)
+        while any(not w.finished for w in workers):
+            worker, line = events.get()
+            if line is None:
+                worker.finished = True
+                code = worker.proc.wait()
+                if worker.seed is not None:  # it died with a schedule in hand
+                    schedule = generate_schedule(worker.seed, short=short)
+                    result = ScheduleResult(
+                        seed=worker.seed, steps=len(schedule.steps), plan=schedule.describe()
+                    )
+                    result.problems.append(
+                        f"harness: the worker process exited with {code} during the schedule"
+                    )
+                    record(result)
+                    worker.kill_group()  # whatever it left behind
+                    if restarts < _WORKER_RESTARTS:
+                        restarts += 1
+                        start(worker.number)
+                continue
+            if line.startswith(_RESULT_MARK):
+                record(ScheduleResult(**json.loads(line[len(_RESULT_MARK) :])))
+                worker.give(next_seed())
+            else:
+                _say(line if worker.seed is None else f"{worker.seed:>6}| {line}")
+    finally:
+        for worker in workers:
+            if worker.proc.poll() is None or not worker.finished:
+                worker.kill_group()
+
+
+def _worker(*, short: bool, verbose: bool) -> int:  # pragma: no cover - runs as _Worker's process
+    """One job of a parallel run: seeds from stdin, one result line per seed on stdout."""
+    from ohip_relay.cli import configure_logging
+
+    # Logged as `ohip-relay local chaos` logs (masked), on stdout: the parent prefixes each line with
+    # the seed the worker is running.
+    configure_logging("text", logging.DEBUG if verbose else logging.INFO)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sys.stdout)
+    for name in ["werkzeug", "botocore", "urllib3", "aiohttp", "httpx", "httpcore", "moto", "asyncio"]:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if not verbose:
+        logging.getLogger("ohip_local").setLevel(logging.WARNING)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the job (it kills the group)
+    template = find_template()
+    with moto_process() as endpoint:
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            result = _run_one(int(line), short=short, verbose=verbose, endpoint=endpoint, template=template)
+            print(_RESULT_MARK + json.dumps(asdict(result)), flush=True)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - `python -m ohip_local.chaos`
@@ -926,8 +1171,12 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - `pytho
     parser.add_argument("--short", action="store_true")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--minutes", type=float)
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    if args.worker:
+        return _worker(short=args.short, verbose=args.verbose)
     results = run_chaos(
         schedules=args.schedules,
         seed=args.seed,
@@ -935,6 +1184,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - `pytho
         verbose=args.verbose,
         out=args.out,
         minutes=args.minutes,
+        jobs=args.jobs,
     )
     return 0 if all(r.ok for r in results) else 1
 

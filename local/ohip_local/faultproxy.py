@@ -234,7 +234,10 @@ class FaultProxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         service, operation = classify_request(request.headers)
-        body = await request.read()
+        try:
+            body = await request.read()
+        except ConnectionResetError:  # the client went away mid-request (a relay killed with -9)
+            return web.Response(status=400, text="client gone")
         rule = self._pick(service, operation)
         if rule is not None and rule.delay:
             await asyncio.sleep(rule.delay)

@@ -156,6 +156,8 @@ def _local_chaos(args: argparse.Namespace) -> int:
         raise CommandError("the local stack is not installed: pip install 'ohip-relay[local]'") from exc
     if args.schedules < 1:
         raise CommandError("--schedules must be at least 1")
+    if args.jobs < 1:
+        raise CommandError("--jobs must be at least 1")
     from pathlib import Path
 
     out = Path(args.out) if args.out else None
@@ -166,6 +168,7 @@ def _local_chaos(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         out=out,
         minutes=args.minutes,
+        jobs=args.jobs,
     )
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
@@ -241,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--short", action="store_true", help="the CI cut: fewer steps, smaller bursts")
     chaos.add_argument("--out", help="append one JSON line per schedule to this file")
     chaos.add_argument("--minutes", type=float, help="start no schedule after this many minutes")
+    chaos.add_argument(
+        "--jobs", type=int, default=1, help="schedules run at once, each with its own local stack (default 1)"
+    )
     chaos.add_argument(
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="each step, the relay's log"
     )

@@ -4,7 +4,8 @@ ticks, and every invariant checked.
 
 Seed 4: kill -9 of the relay and a restart, then DynamoDB 500s answered after the write went
 through (ambiguous failures). Seed 7: an SQS partial batch failure, a 4401 close, a dropped
-connection.
+connection. Both run at once (`jobs=2`), each in its own worker process with its own moto, gateway
+and fault proxy.
 """
 
 from __future__ import annotations
@@ -26,18 +27,26 @@ def test_short_seeded_schedules_lose_nothing(
 ) -> None:
     monkeypatch.chdir(tmp_path)  # a failing schedule writes its evidence to the working directory
     out = tmp_path / "chaos.jsonl"
-    results = []
-    for seed in SEEDS:
-        results += run_chaos(schedules=1, seed=seed, short=True, out=out)
+    finished: list[int] = []
+    results = run_chaos(
+        seeds=SEEDS,
+        short=True,
+        out=out,
+        jobs=2,
+        on_result=lambda r: finished.append(r.seed),
+    )
 
     printed = capsys.readouterr().out
+    assert "2 at a time" in printed
     assert "lost 0, unexpected 0" in printed
+    assert [r.seed for r in results] == list(SEEDS)  # in seed order, whichever finished first
     for seed, result in zip(SEEDS, results, strict=True):
-        assert result.seed == seed
         assert result.ok, f"seed {seed}: {result.problems}; notes {result.notes}"
+        assert result.plan == generate_schedule(seed, short=True).describe()
         assert result.emitted == generate_schedule(seed, short=True).emitted_by_plan()
         assert result.delivered == result.emitted
         assert result.lost == 0
         assert result.duplicates.get("undocumented", 0) == 0
     assert results[0].injected, "the fault proxy injected nothing for seed 4"
-    assert [json.loads(line)["seed"] for line in out.read_text().splitlines()] == list(SEEDS)
+    assert sorted(finished) == list(SEEDS)
+    assert sorted(json.loads(line)["seed"] for line in out.read_text().splitlines()) == list(SEEDS)

@@ -13,9 +13,16 @@ def test_the_chaos_command_takes_the_make_target_arguments() -> None:
     quiet = build_parser().parse_args(["local", "chaos", "--short"])
     assert (quiet.seed, quiet.schedules, quiet.verbose, quiet.short) == (1, 20, False, True)
     assert build_parser().parse_args(["-v", "local", "chaos"]).verbose is True
+    assert (quiet.jobs, build_parser().parse_args(["local", "chaos", "--jobs", "3"]).jobs) == (1, 3)
 
 
 def test_zero_schedules_is_a_usage_error() -> None:
     args = build_parser().parse_args(["local", "chaos", "--schedules", "0"])
     with pytest.raises(CommandError, match="--schedules must be at least 1"):
+        args.handler(args)
+
+
+def test_zero_jobs_is_a_usage_error() -> None:
+    args = build_parser().parse_args(["local", "chaos", "--jobs", "0"])
+    with pytest.raises(CommandError, match="--jobs must be at least 1"):
         args.handler(args)
