@@ -20,6 +20,7 @@ from .errors import StartupError
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 class CommandError(StartupError):
@@ -282,7 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ohip-relay: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return EXIT_OK
+        # Ctrl-C, or SIGTERM where a command turns it into one (the chaos suite): not a success,
+        # so that a run cut short (a CI timeout) never reads as a passed one.
+        print("ohip-relay: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 
 import pytest
@@ -101,3 +103,37 @@ def test_secrets_are_not_echoed() -> None:
     line = _one_line(_run(["stream"], env))
     assert "OHIP_CLIENT_SECRET" in line
     assert "s3cr3t" not in line
+
+
+def test_an_interrupted_command_says_so_and_does_not_exit_0() -> None:
+    """Ctrl-C (or a SIGTERM the chaos suite turns into one): exit 130, so a run cut short by a CI
+    timeout never reads as a passed one."""
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    gateway = ["local", "gateway", "--port", str(ports[0]), "--control-port", str(ports[1])]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ohip_relay.cli", *gateway],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # until the gateway listens (its handlers are installed by then)
+            assert proc.poll() is None, proc.communicate()[1]
+            with socket.socket() as client:
+                if client.connect_ex(("127.0.0.1", ports[0])) == 0:
+                    break
+            assert time.monotonic() < deadline, "the gateway did not start listening"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "ohip-relay: interrupted" in stderr
+    assert "Traceback" not in stderr
