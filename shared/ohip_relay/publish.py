@@ -205,6 +205,9 @@ class PublisherConfig:
     retry_max_s: float = 5.0
     max_attempts: int | None = None
     """Send attempts per message before a retryable error becomes a failure; None: no limit."""
+    start_timeout_s: float = 60.0
+    """How long `start()` keeps trying to read the queue's attributes while SQS answers with a
+    retryable error (throttling, 5xx, no connection); other errors fail at once."""
 
     def __post_init__(self) -> None:
         if self.max_buffered < 1:
@@ -217,6 +220,8 @@ class PublisherConfig:
             raise ValueError("batch_window_s, retry_base_s and retry_max_s must not be negative")
         if self.max_attempts is not None and self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1 (or None)")
+        if self.start_timeout_s < 0:
+            raise ValueError("start_timeout_s must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -553,21 +558,11 @@ class SqsPublisher:
             max_workers=self._config.max_batches_in_flight, thread_name_prefix="sqs-publish"
         )
         if not self._max_message_bytes:
-            read_limit = partial(
-                self._sqs.get_queue_attributes,
-                QueueUrl=self._queue_url,
-                AttributeNames=["MaximumMessageSize"],
-            )
             try:
-                response = await loop.run_in_executor(executor, read_limit)
-                self._max_message_bytes = int(response["Attributes"]["MaximumMessageSize"])
-            except Exception as exc:
+                self._max_message_bytes = await self._read_max_message_bytes(loop, executor)
+            except BaseException:
                 executor.shutdown(wait=False)
-                _, code, _ = classify_error(exc)
-                raise PublishError(
-                    f"SQS GetQueueAttributes on {self._queue_url} failed ({code}); "
-                    "check RELAY_QUEUE_URL and the task's permissions"
-                ) from exc
+                raise
         if not self._max_batch_bytes:
             self._max_batch_bytes = batch_payload_limit(self._max_message_bytes)
         if self._transport is not None:
@@ -593,6 +588,36 @@ class SqsPublisher:
             self._max_message_bytes,
             self._max_batch_bytes,
         )
+
+    async def _read_max_message_bytes(
+        self, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor
+    ) -> int:
+        """The queue's MaximumMessageSize; retryable errors are tried again for `start_timeout_s`."""
+        read = partial(
+            self._sqs.get_queue_attributes, QueueUrl=self._queue_url, AttributeNames=["MaximumMessageSize"]
+        )
+        deadline = loop.time() + self._config.start_timeout_s
+        attempt = 0
+        while True:
+            try:
+                response = await loop.run_in_executor(executor, read)
+                return int(response["Attributes"]["MaximumMessageSize"])
+            except Exception as exc:
+                retryable, code, _ = classify_error(exc)
+                if not retryable:
+                    raise PublishError(
+                        f"SQS GetQueueAttributes on {self._queue_url} failed ({code}); "
+                        "check RELAY_QUEUE_URL and the task's permissions"
+                    ) from exc
+                attempt += 1
+                delay = backoff_delay(attempt, max(self._config.retry_base_s, 0.1), 5.0, self._rng)
+                if loop.time() + delay > deadline:
+                    raise PublishError(
+                        f"SQS GetQueueAttributes on {self._queue_url} still failing ({code}) after "
+                        f"{self._config.start_timeout_s:g}s; SQS or the network is unavailable"
+                    ) from exc
+                log.warning("SQS GetQueueAttributes failed (%s); trying again in %.1fs", code, delay)
+            await asyncio.sleep(delay)
 
     async def __aenter__(self) -> SqsPublisher:
         await self.start()

@@ -31,6 +31,7 @@ from botocore.config import Config
 from botocore.exceptions import ConnectionClosedError, EndpointConnectionError
 
 from ohip_local.aws import ProvisionedStack, provision
+from ohip_local.faultproxy import FaultRule, running_fault_proxy
 from ohip_relay.publish import (
     OutboundMessage,
     PublisherClosed,
@@ -664,3 +665,23 @@ async def test_start_fails_clearly_without_the_queue(fifo_stack: ProvisionedStac
         await publisher.start()
     with pytest.raises(PublishError, match="start"):
         await publisher.submit(_message(0))
+
+
+async def test_start_waits_out_sqs_being_unavailable(fifo_stack: ProvisionedStack) -> None:
+    """Found by the chaos suite (seed 119): a 503 burst at start-up made the relay exit as if its
+    configuration were wrong. Retryable errors are tried again for `start_timeout_s`."""
+    with running_fault_proxy(fifo_stack.endpoint_url) as proxy:
+        sqs = boto3.client("sqs", endpoint_url=proxy.url, region_name=fifo_stack.region, config=_config())
+        rule = proxy.add(FaultRule("sqs", error="unavailable", operation="GetQueueAttributes", count=3))
+        outcomes = Outcomes()
+        async with _publisher(sqs, _fresh_queue(fifo_stack), outcomes, retry_base_s=0.01) as publisher:
+            assert rule.injected == 3
+            assert publisher.max_message_bytes > 0
+            await publisher.submit(_message(1))
+            await publisher.flush()
+        assert outcomes.acked == [1]
+
+        proxy.add(FaultRule("sqs", error="throttle", operation="GetQueueAttributes"))  # for ever
+        stuck = _publisher(sqs, _fresh_queue(fifo_stack), Outcomes(), retry_base_s=0.01, start_timeout_s=0.5)
+        with pytest.raises(PublishError, match=r"still failing \(RequestThrottled\) after 0\.5s; SQS or the"):
+            await stuck.start()
