@@ -17,9 +17,12 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 TOKEN_PATH = "/oauth/v1/tokens"  # noqa: S105 - a path, not a secret
 
@@ -48,6 +51,18 @@ class OAuthParams:
     grant_type: str = "client_credentials"
     username: str = ""
     password: str = field(default="", repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OAuthParams:
+        """The token request of the relay's settings (every command asks for its token this way)."""
+        return cls(
+            gateway_url=settings.gateway_url,
+            client_id=settings.client_id,
+            client_secret=settings.client_secret,
+            app_key=settings.app_key,
+            enterprise_id=settings.enterprise_id,
+            scope=settings.oauth_scope,
+        )
 
 
 @dataclass(frozen=True)

@@ -1011,16 +1011,7 @@ async def _reach(host: str, port: int, tls: bool, within: float) -> BaseExceptio
 
 
 async def _oauth(run: _Run, http: httpx.AsyncClient, settings: Settings) -> str | None:
-    request = token_request(
-        OAuthParams(
-            gateway_url=settings.gateway_url,
-            client_id=settings.client_id,
-            client_secret=settings.client_secret,
-            app_key=settings.app_key,
-            enterprise_id=settings.enterprise_id,
-            scope=settings.oauth_scope,
-        )
-    )
+    request = token_request(OAuthParams.from_settings(settings))
     try:
         response = await http.post(request.url, headers=request.headers, data=request.form)
     except httpx.HTTPError as exc:

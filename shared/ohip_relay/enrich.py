@@ -56,7 +56,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .auth import AuthError, SyncTokenProvider, Token
+from .auth import AuthError, OAuthParams, SyncTokenProvider, Token
 from .config import ConfigError
 from .events import CanonicalEvent, MalformedEvent, canonical_module, format_instant
 from .publish import OutboundMessage
@@ -658,7 +658,6 @@ def open_enricher(
     `sleep`, `clock` (monotonic) and `wall_clock` are for tests that must not wait."""
     from .fallback import SqsBatchSender
     from .runtime import aws_client
-    from .stream import oauth_params
 
     routes = RoutingTable.load(settings.enrich_routes)
     opts = options or EnrichOptions(concurrency=settings.enrich_concurrency)
@@ -667,7 +666,7 @@ def open_enricher(
         limits=httpx.Limits(max_connections=opts.concurrency + 1),
         trust_env=False,
     )
-    tokens = SyncTokenProvider(oauth_params(settings), client, clock=time.time)
+    tokens = SyncTokenProvider(OAuthParams.from_settings(settings), client, clock=time.time)
     s3 = aws_client(settings, "s3")
     fetcher = ResourceFetcher(
         client,

@@ -686,9 +686,8 @@ def open_fallback(
     """A fallback wired from settings (Need.OHIP, Need.POLL, Need.AWS, secrets resolved)."""
     import httpx
 
-    from .auth import SyncTokenProvider
+    from .auth import OAuthParams, SyncTokenProvider
     from .config import ConfigError
-    from .stream import oauth_params
 
     if not settings.bucket_name:
         raise ConfigError("RELAY_BUCKET_NAME: missing (the poll fallback parks events there when SQS fails)")
@@ -696,7 +695,7 @@ def open_fallback(
     s3, dynamodb, sqs = _aws_clients(settings)
     client = http or httpx.Client(timeout=httpx.Timeout(opts.request_timeout_s), trust_env=False)
     try:
-        tokens = SyncTokenProvider(oauth_params(settings), client, clock=time.time)
+        tokens = SyncTokenProvider(OAuthParams.from_settings(settings), client, clock=time.time)
         yield PollFallback(
             chain_code=settings.chain_code,
             hotel_ids=settings.hotel_ids,

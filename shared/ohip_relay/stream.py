@@ -768,17 +768,6 @@ class StreamConsumer:
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
 
 
-def oauth_params(settings: Settings) -> OAuthParams:
-    return OAuthParams(
-        gateway_url=settings.gateway_url,
-        client_id=settings.client_id,
-        client_secret=settings.client_secret,
-        app_key=settings.app_key,
-        enterprise_id=settings.enterprise_id,
-        scope=settings.oauth_scope,
-    )
-
-
 # The publisher builds every SendMessageBatch request itself (ids, sizes and attributes checked in
 # `SqsPublisher`), so botocore's client-side parameter validation, a walk over every entry of every
 # request, only costs CPU; SQS still validates each request.
@@ -836,7 +825,7 @@ async def open_consumer(
             settings,
             publisher=publisher,
             state=StateStore(dynamodb, settings.table_name, settings.chain_code),
-            tokens=AsyncTokenProvider(oauth_params(settings), http, clock=time.time),
+            tokens=AsyncTokenProvider(OAuthParams.from_settings(settings), http, clock=time.time),
             telemetry=Telemetry(service="stream"),
             options=opts,
             owner=owner,

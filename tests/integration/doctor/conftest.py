@@ -3,7 +3,6 @@ on the moto server, and the environment a user would export for them."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import itertools
@@ -27,18 +26,11 @@ from ohip_relay.auth import OAuthParams, parse_token_response, token_request
 from ohip_relay.doctor import DoctorOptions, DoctorReport, run_doctor
 from tests.conftest import TEMPLATE
 
+from ..stream.conftest import eventually
+
 OPTIONS = DoctorOptions(timeout=5.0)
 
 _stack_numbers = itertools.count(1)
-
-
-async def eventually(condition: Callable[[], bool], *, within: float = 10.0, what: str = "condition") -> None:
-    """Poll `condition` until it holds, failing the test after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within:g}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class GatewayClock:
