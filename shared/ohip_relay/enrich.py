@@ -498,7 +498,7 @@ def enriched_document(event: CanonicalEvent, fetched: Fetched) -> dict[str, Any]
 
 
 def enriched_message(event: CanonicalEvent, fetched: Fetched) -> OutboundMessage:
-    attributes = {k: v["StringValue"] for k, v in event.message_attributes().items()}
+    attributes = event.attribute_values()
     attributes["resourceStatus"] = fetched.status.value
     body = json.dumps(enriched_document(event, fetched), separators=(",", ":"), ensure_ascii=True)
     return OutboundMessage(

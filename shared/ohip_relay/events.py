@@ -225,14 +225,21 @@ class CanonicalEvent:
     def message_attributes(self) -> dict[str, dict[str, str]]:
         """SQS message attributes (boto3 shape) consumers can filter on. `hotelId` is left out
         for chain-level events: SQS does not accept empty attribute values."""
+        return {
+            name: {"DataType": "Number" if name == "schemaVersion" else "String", "StringValue": value}
+            for name, value in self.attribute_values().items()
+        }
+
+    def attribute_values(self) -> dict[str, str]:
+        """The values of `message_attributes()` by name (what `OutboundMessage.attributes` takes)."""
         attributes = {
             "eventName": self.event_name,
             "moduleName": self.module_name,
             "hotelId": self.hotel_id,
             "source": self.source,
         }
-        out = {k: {"DataType": "String", "StringValue": v} for k, v in attributes.items() if v}
-        out["schemaVersion"] = {"DataType": "Number", "StringValue": str(self.schema_version)}
+        out = {k: v for k, v in attributes.items() if v}
+        out["schemaVersion"] = str(self.schema_version)
         return out
 
     def message_group_id(self) -> str:

@@ -374,7 +374,7 @@ def outbound(event: CanonicalEvent) -> OutboundMessage:
     """The SQS message for an event: body, attributes, FIFO ids, exactly as the stream sends them."""
     return OutboundMessage(
         body=event.to_json(),
-        attributes={k: v["StringValue"] for k, v in event.message_attributes().items()},
+        attributes=event.attribute_values(),
         group_id=event.message_group_id(),
         dedup_id=event.deduplication_id(),
     )

@@ -486,7 +486,7 @@ class StreamConsumer:
         await self.publisher.submit(
             OutboundMessage(
                 body=canonical.to_json(),
-                attributes={k: v["StringValue"] for k, v in canonical.message_attributes().items()},
+                attributes=canonical.attribute_values(),
                 group_id=canonical.message_group_id(),
                 dedup_id=canonical.deduplication_id(),
                 ack_token=event.offset,

@@ -434,6 +434,13 @@ def test_message_attributes() -> None:
         "source": {"DataType": "String", "StringValue": "poll"},
         "schemaVersion": {"DataType": "Number", "StringValue": "1"},
     }
+    assert from_poll(poll_item(0), CHAIN, RELAYED).attribute_values() == {
+        "eventName": "NEW RESERVATION",
+        "moduleName": "RESERVATION",
+        "hotelId": "DEMO01",
+        "source": "poll",
+        "schemaVersion": "1",
+    }
 
 
 def test_chain_level_event_has_no_hotel_attribute_and_a_star_group() -> None:
@@ -443,6 +450,7 @@ def test_chain_level_event_has_no_hotel_attribute_and_a_star_group() -> None:
     assert canonical.hotel_id is None
     assert valid(canonical)["hotelId"] is None
     assert "hotelId" not in canonical.message_attributes()
+    assert "hotelId" not in canonical.attribute_values()
     assert canonical.message_group_id() == "*:1280999"
 
 

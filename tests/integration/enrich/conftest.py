@@ -187,7 +187,7 @@ class EnrichRig:
         messages = [
             OutboundMessage(
                 body=e.to_json(),
-                attributes={k: v["StringValue"] for k, v in e.message_attributes().items()},
+                attributes=e.attribute_values(),
                 group_id=e.message_group_id(),
                 dedup_id=e.deduplication_id(),
             )
