@@ -28,14 +28,15 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import re
 import socket
 import time
-import uuid
 from array import array
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 SQS_TARGET = "AmazonSQS."
@@ -78,6 +79,15 @@ class Records:
         }
 
 
+# Message ids: unique and UUID-shaped, without uuid4()'s system randomness for every message.
+_IDS = itertools.count(1)
+_ID_PREFIX = f"{time.time_ns() & 0xFFFFFFFF:08x}-0000-4000-8000-"
+
+
+def _message_id() -> str:
+    return f"{_ID_PREFIX}{next(_IDS):012x}"
+
+
 def _md5(text: str) -> str:
     return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
 
@@ -93,7 +103,7 @@ def _error(code: str, message: str, status: int = 400) -> web.Response:
 
 
 def _ok(document: dict[str, Any]) -> web.Response:
-    return web.Response(body=json.dumps(document, separators=(",", ":")).encode(), content_type=JSON_10)
+    return web.Response(body=orjson.dumps(document), content_type=JSON_10)
 
 
 def build_app(records: Records | None = None) -> web.Application:
@@ -104,7 +114,7 @@ def build_app(records: Records | None = None) -> web.Application:
         raw = await request.read()
         now = time.time()
         try:
-            params = json.loads(raw) if raw else {}
+            params = orjson.loads(raw) if raw else {}
         except ValueError:
             return _error("MalformedQueryString", "the body is not JSON")
         operation = target.rpartition(".")[2]
@@ -122,13 +132,13 @@ def build_app(records: Records | None = None) -> web.Application:
                 body = entry.get("MessageBody", "")
                 rec.add(now, body)
                 successful.append(
-                    {"Id": entry["Id"], "MessageId": str(uuid.uuid4()), "MD5OfMessageBody": _md5(body)}
+                    {"Id": entry["Id"], "MessageId": _message_id(), "MD5OfMessageBody": _md5(body)}
                 )
             return _ok({"Successful": successful, "Failed": []})
         if operation == "SendMessage":
             body = params.get("MessageBody", "")
             rec.add(now, body)
-            return _ok({"MessageId": str(uuid.uuid4()), "MD5OfMessageBody": _md5(body)})
+            return _ok({"MessageId": _message_id(), "MD5OfMessageBody": _md5(body)})
         if operation == "GetQueueAttributes":
             return _ok(
                 {

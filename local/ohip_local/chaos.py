@@ -429,8 +429,7 @@ def summarise(results: Sequence[ScheduleResult], wall: float) -> list[str]:
         f"  events emitted {sum(r.emitted for r in results)}, "
         f"messages read {sum(r.messages for r in results)}",
         f"  lost {sum(r.lost for r in results)}, unexpected {sum(r.unexpected for r in results)}",
-        "  duplicates "
-        + (", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) if kinds else "none"),
+        "  duplicates " + (", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) if kinds else "none"),
         f"  failed schedules {len(failed)}"
         + (f" (seeds {', '.join(str(r.seed) for r in failed)})" if failed else ""),
         f"  took {wall:.0f}s ({wall / max(1, len(results)):.1f}s per schedule)",
@@ -793,9 +792,7 @@ class _Run:
 
     def emitted_keys(self) -> dict[int, str]:
         now = datetime.now(UTC)
-        return {
-            e.offset: from_poll(business_event_data(e), self.chain, now).event_key for e in self.events()
-        }
+        return {e.offset: from_poll(business_event_data(e), self.chain, now).event_key for e in self.events()}
 
     def cleanup(self) -> None:
         for relay in self.relays:

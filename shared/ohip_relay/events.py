@@ -25,7 +25,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from importlib import resources
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
+
+from .fastjson import dumps_ascii, dumps_ascii_bytes
 
 SCHEMA_VERSION = 1
 SCHEMA_RESOURCE = "schemas/relay-event.v1.json"
@@ -82,8 +84,6 @@ _ORACLE_TIME = re.compile(
 )
 _DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})(?:[T ].*)?$")
 _NON_WORD = re.compile(r"[^A-Za-z0-9]+")
-# What json.dumps(..., separators=(",", ":"), ensure_ascii=True) builds on every call, built once.
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 # Canonical spellings of the names seen so far (event, element and module names repeat endlessly);
 # bounded, so that a stream of ever new names cannot grow them without limit.
 _CACHE_LIMIT = 4096
@@ -103,9 +103,12 @@ class MalformedEvent(ValueError):
         self.problem = problem
 
 
-@dataclass(frozen=True)
-class DetailElement:
-    """One data element of the event. `old_value`/`new_value` are "" when OHIP sends none."""
+class DetailElement(NamedTuple):
+    """One data element of the event. `old_value`/`new_value` are "" when OHIP sends none.
+
+    A named tuple rather than a frozen dataclass: an event carries a dozen of them and a frozen
+    dataclass pays one `object.__setattr__` per field (2.4 against 0.7 microseconds each here).
+    """
 
     element_name: str
     old_value: str = ""
@@ -176,7 +179,7 @@ class CanonicalEvent:
 
     def to_json(self) -> str:
         """Compact JSON, keys in the documented order, ASCII only (always a valid SQS body)."""
-        return _COMPACT_JSON.encode(self.to_dict())
+        return dumps_ascii(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str | bytes) -> CanonicalEvent:
@@ -776,7 +779,7 @@ def event_key(
         instant,
         [list(element) for element in changed],
     ]
-    encoded = _COMPACT_JSON.encode(material).encode("ascii")
+    encoded = dumps_ascii_bytes(material)
     return KEY_PREFIX + hashlib.sha256(encoded).hexdigest()
 
 

@@ -40,6 +40,7 @@ from enum import StrEnum
 from typing import Any, Final
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from . import fastjson
 from .backoff import (
     CONFLICT_LOCKOUT,
     FORBIDDEN_RETRY,
@@ -802,7 +803,7 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 def _decode(text: str) -> dict[str, Any]:
     try:
-        message = _DECODER.decode(text)
+        message = fastjson.loads(text, _DECODER)
     except (ValueError, RecursionError):
         raise _Violation("frame is not valid JSON") from None
     if not isinstance(message, dict):

@@ -32,7 +32,6 @@ the transport raises `ValueError`: use the publisher's boto3 path instead.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import ssl
 from collections.abc import Sequence
@@ -52,6 +51,8 @@ from botocore.exceptions import (
 )
 from botocore.parsers import create_parser
 from yarl import URL
+
+from .fastjson import dumps_ascii_bytes
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs.client import SQSClient
@@ -149,7 +150,7 @@ class SqsHttpTransport:
         """One SendMessageBatch; returns what boto3 would return, raises what boto3 would raise."""
         if self._session is None:
             raise RuntimeError("SqsHttpTransport.start() was not called")
-        body = json.dumps({"QueueUrl": queue_url, "Entries": entries}, separators=(",", ":")).encode()
+        body = dumps_ascii_bytes({"QueueUrl": queue_url, "Entries": entries})
         headers = await self._signed_headers(body)
         try:
             async with self._session.post(

@@ -30,7 +30,6 @@ pytestmark = pytest.mark.integration
 SetupFactory = Callable[..., AbstractAsyncContextManager[Setup]]
 
 
-
 @pytest.fixture
 def doctor_stack(aws_stack: ProvisionedStack) -> ProvisionedStack:
     """These tests run the relay, which writes: a fresh stack each."""

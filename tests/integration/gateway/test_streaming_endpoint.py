@@ -35,7 +35,7 @@ FULL_SELECTION = (
     "publisherId actionInstanceId detail { elementName oldValue newValue scopeFrom scopeTo "
     "elementSequence elementType elementRole }"
 )
-WAIT = 1.5  # the longest any single wait on the socket may take
+WAIT = 5.0  # the longest any single wait on the socket may take (generous: CI machines are loaded)
 
 
 class FakeClock:
