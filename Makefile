@@ -46,6 +46,7 @@ $(BENCH_STAMP): $(STAMP) bench/requirements.txt
 .PHONY: bench
 bench: $(BENCH_STAMP) ## throughput, latency, memory and catch-up side by side; results in bench/results/
 	@$(BIN)/python -m bench.run
+	@$(BIN)/python -m bench.hot_path
 	@$(BIN)/python -m bench.seen_cost
 
 # -- infrastructure lint, build and deploy (template.yaml) ------------------------------------
