@@ -453,9 +453,9 @@ async def test_slow_fault_delays_then_serves(poller: Poller, gateway: LocalGatew
     got = await poller.items(limit=10)
     assert time.monotonic() - started >= 0.2
     assert ids(got) == event_ids(events)
-    started = time.monotonic()
+    # count=1: used up by that request (no upper bound on the next one's time: CI machines are loaded)
+    assert gateway.poll.snapshot()["fault"]["mode"] == "off"
     assert (await poller.get()).status_code == 204
-    assert time.monotonic() - started < 0.2
 
 
 async def test_set_fault_validates(gateway: LocalGateway) -> None:

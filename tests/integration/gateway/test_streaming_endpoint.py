@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
@@ -871,10 +870,9 @@ async def test_a_client_that_does_not_read_blocks_neither_append_nor_other_clien
             await init(slow, gw)
             await subscribe(slow, chainCode="CHAINA", offsetType="highest")
             await synced(slow)
-            # the slow client has not read anything; appends still return at once
-            started = time.monotonic()
+            # the slow client has not read anything; appends still return (emit is synchronous:
+            # a gateway that waited for the reader would hang here until the test's timeout)
             gw.emit(2000, chain="CHAINA")
-            assert time.monotonic() - started < WAIT
             gw.emit(1, chain="CHAINB")
             assert await offsets(fast, 1) == [1001]
             # now the slow client reads everything, in order, nothing lost
