@@ -298,7 +298,7 @@ def from_stream(
     """
     event = _unwrap_stream(new_event)
     metadata = event.get("metadata")
-    if not isinstance(metadata, Mapping):
+    if type(metadata) is not dict and not isinstance(metadata, Mapping):  # dict first: an ABC check is slow
         raise MalformedEvent("metadata")
     offset = _id_text(metadata.get("offset"), "metadata.offset")
     if offset is None or not _DIGITS.match(offset):
@@ -368,7 +368,7 @@ def from_poll(
 
 def _unwrap_stream(value: object) -> Mapping[str, Any]:
     for _ in range(4):  # next frame -> payload -> data -> newEvent
-        if not isinstance(value, Mapping):
+        if type(value) is not dict and not isinstance(value, Mapping):
             break
         if "metadata" in value or "eventName" in value:
             return value
@@ -464,20 +464,23 @@ def _detail_from_ohip(item: object, detail_field: str, index: int) -> DetailElem
         new = _value_text(new, f"{detail_field}[{index}].newValue")
     scope_from, scope_to = get("scopeFrom"), get("scopeTo")
     sequence, kind, role = get("elementSequence"), get("elementType"), get("elementRole")
-    return DetailElement(
-        element_name=element_name,
-        old_value=old,
-        new_value=new,
-        scope_from=None
-        if scope_from is None
-        else _scope_date(scope_from, f"{detail_field}[{index}].scopeFrom"),
-        scope_to=None if scope_to is None else _scope_date(scope_to, f"{detail_field}[{index}].scopeTo"),
-        element_sequence=None
-        if sequence is None
-        else _id_text(sequence, f"{detail_field}[{index}].elementSequence"),
-        element_type=None if kind is None else _id_text(kind, f"{detail_field}[{index}].elementType"),
-        element_role=None if role is None else _id_text(role, f"{detail_field}[{index}].elementRole"),
+    # tuple.__new__ with the fields in order: what DetailElement(...) does, without its keyword call
+    return _new_detail(
+        DetailElement,
+        (
+            element_name,
+            old,
+            new,
+            None if scope_from is None else _scope_date(scope_from, f"{detail_field}[{index}].scopeFrom"),
+            None if scope_to is None else _scope_date(scope_to, f"{detail_field}[{index}].scopeTo"),
+            None if sequence is None else _id_text(sequence, f"{detail_field}[{index}].elementSequence"),
+            None if kind is None else _id_text(kind, f"{detail_field}[{index}].elementType"),
+            None if role is None else _id_text(role, f"{detail_field}[{index}].elementRole"),
+        ),
     )
+
+
+_new_detail = tuple.__new__
 
 
 def _cached_name(value: object, field: str) -> str:
@@ -693,13 +696,13 @@ def _as_int(value: object) -> int | None:
 
 def _id_text(value: object, field: str) -> str | None:
     """Ids and codes: strings (trimmed) or integral numbers; None or "" means absent."""
-    if value is None:
-        return None
-    if isinstance(value, str):
+    if type(value) is str or isinstance(value, str):  # the common case first
         text = value.strip()
         if len(text) > 2000:
             raise MalformedEvent(field, "longer than 2000 characters")
         return text or None
+    if value is None:
+        return None
     number = _as_int(value)
     if number is None:
         raise MalformedEvent(field, "not a string or an integer")

@@ -187,3 +187,42 @@ def test_scope_dates_are_the_same_from_the_cache(sent: object, published: str) -
     again = events._scope_date(sent, "scopeFrom")  # the second time from the cache (strings)
     assert first == again == published
     assert (sent in events._SCOPE_DATES) is isinstance(sent, str)
+
+
+def test_detail_elements_built_positionally_match_the_keyword_constructor() -> None:
+    # _detail_from_ohip builds DetailElement with tuple.__new__ in field order: a reordered or
+    # added field must fail here, not silently shift values into the wrong fields.
+    assert DetailElement._fields == (
+        "element_name",
+        "old_value",
+        "new_value",
+        "scope_from",
+        "scope_to",
+        "element_sequence",
+        "element_type",
+        "element_role",
+    )
+    item = {
+        "elementName": "rate code",
+        "oldValue": "A",
+        "newValue": "B",
+        "scopeFrom": "20240501",
+        "scopeTo": "2024-05-03",
+        "elementSequence": 2,
+        "elementType": " EMAIL ",
+        "elementRole": "PRIMARY",
+    }
+    built = events._detail_from_ohip(item, "detail", 0)
+    assert type(built) is DetailElement
+    assert built == DetailElement(
+        element_name="RATE CODE",
+        old_value="A",
+        new_value="B",
+        scope_from="2024-05-01",
+        scope_to="2024-05-03",
+        element_sequence="2",
+        element_type="EMAIL",
+        element_role="PRIMARY",
+    )
+    assert built.scope_to == "2024-05-03"
+    assert built.element_role == "PRIMARY"
