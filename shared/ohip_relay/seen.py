@@ -7,7 +7,12 @@ until then an expired item is treated as absent.
 
 * `claim(keys)` (the poll fallback, before publishing): one conditional PutItem per key
   (`attribute_not_exists`), run in parallel on a small thread pool; returns the keys that were new.
-  A key already present was claimed before: its event is a duplicate.
+  A key already present was claimed before: its event is a duplicate. Each call writes a token of
+  its own into its items and its condition also passes on that token, so that botocore retrying
+  a write that went through but answered with an error (a 5xx after the write, a lost response)
+  finds its own claim and still counts the key as new. Without it the retry's
+  ConditionalCheckFailed made the fallback drop an event that nobody had published (chaos seed
+  487), and the stream then skipped it too, as "already published by the fallback".
 * `contains(keys)` (the stream consumer, for replayed events the fallback may have published):
   BatchGetItem, 100 keys per call, strongly consistent; returns the keys present.
 
@@ -23,6 +28,7 @@ at-least-once (publish them anyway) over loss.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -89,6 +95,7 @@ class SeenSet:
         now = self._clock()
         expires = f"{int(now + self._ttl)}"
         claimed_at = f"{now:.3f}"
+        token = uuid.uuid4().hex  # this call's: a retried request of this call passes the condition
 
         def one(key: str) -> bool | ClientError | BotoCoreError:
             try:
@@ -99,11 +106,13 @@ class SeenSet:
                         "kind": {"S": "seen"},
                         TTL_ATTRIBUTE: {"N": expires},
                         "claimedAt": {"N": claimed_at},
+                        "claimToken": {"S": token},
                     },
-                    # An expired item that DynamoDB has not deleted yet counts as absent.
-                    ConditionExpression="attribute_not_exists(pk) OR #ttl < :now",
-                    ExpressionAttributeNames={"#ttl": TTL_ATTRIBUTE},
-                    ExpressionAttributeValues={":now": {"N": f"{int(now)}"}},
+                    # An expired item that DynamoDB has not deleted yet counts as absent; an item
+                    # holding this call's token is this call's own earlier attempt.
+                    ConditionExpression="attribute_not_exists(pk) OR #ttl < :now OR #token = :token",
+                    ExpressionAttributeNames={"#ttl": TTL_ATTRIBUTE, "#token": "claimToken"},
+                    ExpressionAttributeValues={":now": {"N": f"{int(now)}"}, ":token": {"S": token}},
                 )
             except ClientError as exc:
                 if _code(exc) == _CONDITION_FAILED:
