@@ -20,6 +20,7 @@ from typing import Any
 
 import boto3
 import yaml
+from botocore.config import Config
 
 from ohip_relay.errors import StartupError
 
@@ -61,12 +62,16 @@ def _intrinsic(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> dic
 _CfnLoader.add_multi_constructor("!", _intrinsic)
 
 
-def local_client(service: str, endpoint: str, region: str = DEFAULT_REGION) -> Any:
-    """A boto3 client of the local AWS endpoint (moto), with its fixed credentials."""
+def local_client(
+    service: str, endpoint: str, region: str = DEFAULT_REGION, *, config: Config | None = None
+) -> Any:
+    """A boto3 client of the local AWS endpoint (moto), with its fixed credentials (and `config`,
+    for example other retries)."""
     return boto3.client(
         service,  # type: ignore[call-overload]
         endpoint_url=endpoint,
         region_name=region,
+        config=config,
         aws_access_key_id=LOCAL_CREDENTIALS["aws_access_key_id"],
         aws_secret_access_key=LOCAL_CREDENTIALS["aws_secret_access_key"],
     )

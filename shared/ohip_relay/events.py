@@ -696,7 +696,7 @@ def _as_int(value: object) -> int | None:
 
 def _id_text(value: object, field: str) -> str | None:
     """Ids and codes: strings (trimmed) or integral numbers; None or "" means absent."""
-    if type(value) is str or isinstance(value, str):  # the common case first
+    if isinstance(value, str):  # the common case first
         text = value.strip()
         if len(text) > 2000:
             raise MalformedEvent(field, "longer than 2000 characters")

@@ -66,10 +66,4 @@ def dumps_ascii_bytes(value: Any) -> bytes:
 
 def dumps_ascii(value: Any) -> str:
     """Compact, ASCII-only JSON of `value` as text."""
-    try:
-        out = orjson.dumps(value)
-    except TypeError:
-        return _COMPACT_ASCII.encode(value)
-    if out.isascii() and _DEL not in out:
-        return out.decode("ascii")
-    return _COMPACT_ASCII.encode(value)
+    return dumps_ascii_bytes(value).decode("ascii")

@@ -8,12 +8,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from ohip_local.aws import DEFAULT_REGION, LOCAL_CREDENTIALS, ProvisionedStack
+from ohip_local.aws import ProvisionedStack, local_client
 from ohip_local.faultproxy import FaultProxy, FaultRule, classify_request, running_fault_proxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -22,14 +21,7 @@ NO_RETRIES = Config(retries={"total_max_attempts": 1, "mode": "standard"})
 
 
 def client(service: str, endpoint: str) -> Any:
-    return boto3.client(
-        service,  # type: ignore[call-overload]
-        endpoint_url=endpoint,
-        region_name=DEFAULT_REGION,
-        config=NO_RETRIES,
-        aws_access_key_id=LOCAL_CREDENTIALS["aws_access_key_id"],
-        aws_secret_access_key=LOCAL_CREDENTIALS["aws_secret_access_key"],
-    )
+    return local_client(service, endpoint, config=NO_RETRIES)
 
 
 @pytest.fixture

@@ -9,29 +9,15 @@ fallback". Real boto3 clients, the chaos suite's fault proxy in front of moto, o
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 
-from ohip_local.aws import DEFAULT_REGION, LOCAL_CREDENTIALS, ProvisionedStack
+from ohip_local.aws import ProvisionedStack, local_client
 from ohip_local.faultproxy import FaultProxy, FaultRule, running_fault_proxy
 from ohip_relay.fallback import POLL_BOTO_CONFIG
 from ohip_relay.seen import SeenSet, SeenSetUnavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-
-def dynamodb(endpoint: str, config: Config) -> Any:
-    return boto3.client(
-        "dynamodb",
-        endpoint_url=endpoint,
-        region_name=DEFAULT_REGION,
-        config=config,
-        aws_access_key_id=LOCAL_CREDENTIALS["aws_access_key_id"],
-        aws_secret_access_key=LOCAL_CREDENTIALS["aws_secret_access_key"],
-    )
 
 
 @pytest.fixture
@@ -45,7 +31,7 @@ def test_a_retried_claim_that_had_gone_through_is_still_new(
     proxy: FaultProxy, aws_stack: ProvisionedStack, error: str
 ) -> None:
     # The poll fallback's own client configuration: one retry.
-    seen = SeenSet(dynamodb(proxy.url, POLL_BOTO_CONFIG), aws_stack.table_name)
+    seen = SeenSet(local_client("dynamodb", proxy.url, config=POLL_BOTO_CONFIG), aws_stack.table_name)
     proxy.add(FaultRule("dynamodb", error=error, operation="PutItem", phase="after", count=1))
     assert seen.claim(["k-1"]) == {"k-1"}
     assert proxy.stats()["injected"] == {f"dynamodb.PutItem {error}/after": 1}
@@ -58,7 +44,7 @@ def test_a_retried_claim_that_had_gone_through_is_still_new(
 def test_a_claim_whose_every_attempt_errs_after_the_write_is_unknown_not_a_duplicate(
     proxy: FaultProxy, aws_stack: ProvisionedStack
 ) -> None:
-    seen = SeenSet(dynamodb(proxy.url, POLL_BOTO_CONFIG), aws_stack.table_name)
+    seen = SeenSet(local_client("dynamodb", proxy.url, config=POLL_BOTO_CONFIG), aws_stack.table_name)
     proxy.add(FaultRule("dynamodb", error="unavailable", operation="PutItem", phase="after", count=2))
     with pytest.raises(SeenSetUnavailable) as raised:
         seen.claim(["k-1"])
@@ -70,6 +56,8 @@ def test_a_claim_whose_every_attempt_errs_after_the_write_is_unknown_not_a_dupli
 
 
 def test_claims_of_two_calls_still_exclude_each_other(aws_stack: ProvisionedStack) -> None:
-    seen = SeenSet(dynamodb(aws_stack.endpoint_url, POLL_BOTO_CONFIG), aws_stack.table_name)
+    seen = SeenSet(
+        local_client("dynamodb", aws_stack.endpoint_url, config=POLL_BOTO_CONFIG), aws_stack.table_name
+    )
     assert seen.claim(["a", "b"]) == {"a", "b"}
     assert seen.claim(["b", "c"]) == {"c"}
