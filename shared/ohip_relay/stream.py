@@ -146,6 +146,8 @@ class StreamConsumer:
         self.connections = 0
 
         self.holding_lease = False
+        self._lease_confirmed_at = 0.0  # wall clock: the `now` of the last acquire or renew that succeeded
+        self._lease_lost_why = ""
         self._beats: set[asyncio.Task[None]] = set()
         self.suppressed = 0  # replayed events the poll fallback had already published
         self._suppressed_logged = 0
@@ -220,7 +222,8 @@ class StreamConsumer:
                     keeper.cancel()
                     await asyncio.gather(keeper, return_exceptions=True)
                 if self._lease_lost.is_set() and not self._stop.is_set():
-                    log.error("lease lost: another task holds the stream now; standing by")
+                    log.error("lease lost (%s): connection closed; standing by", self._lease_lost_why)
+                    self.status = StreamState.STANDBY
                     await self._settle_publisher()
                     self._lease_lost.clear()
                     self._wake.clear()
@@ -561,9 +564,10 @@ class StreamConsumer:
         """Wait until this task holds the lease; False when stopped first."""
         announced = False
         while not self._stop.is_set():
+            now = time.time()
             try:
                 acquired = await asyncio.to_thread(
-                    self.state.acquire_lease, self.owner, self.options.lease_duration, time.time()
+                    self.state.acquire_lease, self.owner, self.options.lease_duration, now
                 )
             except Exception as exc:
                 log.warning("cannot read the lease (%s); trying again", type(exc).__name__)
@@ -571,6 +575,7 @@ class StreamConsumer:
             if acquired:
                 log.info("lease acquired by %s", self.owner)
                 self.holding_lease = True
+                self._lease_confirmed_at = now
                 return True
             if not announced:
                 lease = await asyncio.to_thread(self.state.get_lease)
@@ -634,26 +639,56 @@ class StreamConsumer:
             delay = min(delay * 2, 5.0)
 
     async def _lease_keeper(self) -> None:
-        held_until = time.time() + self.options.lease_duration
+        """Renew the lease every `lease_renew_interval`; set `_lease_lost` when it is not surely ours.
+
+        DynamoDB holds the lease until `now + lease_duration` of the last renewal that succeeded;
+        another task may take it from then on. So this task stops consuming one renew interval
+        before that moment unless a renewal has answered by then: a renewal that hangs (DynamoDB or
+        the network slow, botocore retrying) must not keep the connection open past the lease, or a
+        successor would connect while this one still reads. A renewal still running then is left
+        to finish in its thread; whatever it answers, the lease is taken again the normal way.
+        """
+        duration, interval = self.options.lease_duration, self.options.lease_renew_interval
+        next_at = self._lease_confirmed_at + interval
         while True:
-            await asyncio.sleep(self.options.lease_renew_interval)
+            await asyncio.sleep(max(0.0, next_at - time.time()))
             now = time.time()
-            try:
-                ok = await asyncio.to_thread(
-                    self.state.renew_lease, self.owner, self.options.lease_duration, now
-                )
-            except Exception as exc:
-                # Cannot tell: keep going while the lease we hold is surely still ours.
-                ok = None
-                log.warning("cannot renew the lease (%s)", type(exc).__name__)
+            safe_until = self._lease_confirmed_at + duration - interval
+            ok = await self._renew_lease(now, safe_until)
             if ok:
-                held_until = now + self.options.lease_duration
+                self._lease_confirmed_at = now
+                next_at = now + interval
                 continue
-            if ok is False or time.time() >= held_until - self.options.lease_renew_interval:
+            left = safe_until - time.time()
+            if ok is False or left <= 0:
+                self._lease_lost_why = (
+                    "another task holds the stream now"
+                    if ok is False
+                    else f"no lease renewal succeeded for {time.time() - self._lease_confirmed_at:.1f}s"
+                )
                 self.holding_lease = False
                 self._lease_lost.set()
                 self._wake.set()
                 return
+            # Failed but the lease is still ours for a while: try again sooner as its end nears.
+            next_at = time.time() + min(interval, max(interval / 4, left / 2))
+
+    async def _renew_lease(self, now: float, safe_until: float) -> bool | None:
+        """True: renewed; False: someone else holds the lease; None: no answer by `safe_until`."""
+        renewal = asyncio.ensure_future(
+            asyncio.to_thread(self.state.renew_lease, self.owner, self.options.lease_duration, now)
+        )
+        # Once given up on (or the keeper cancelled), its outcome is not needed: retrieved here,
+        # so that asyncio does not report an exception nobody read.
+        renewal.add_done_callback(lambda done: done.cancelled() or done.exception())
+        try:
+            return await asyncio.wait_for(asyncio.shield(renewal), timeout=max(0.0, safe_until - now))
+        except TimeoutError:
+            log.warning("the lease renewal has not answered for %.1fs", time.time() - now)
+            return None
+        except Exception as exc:
+            log.warning("cannot renew the lease (%s)", type(exc).__name__)
+            return None
 
     # -- checkpoint, heartbeat, metrics, token ----------------------------------------------
 
