@@ -789,6 +789,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         "fallback_rate": results["fallback"]["rate"],
         "functional_moto": results["functional_moto"],
     }
+    summary["cpu_budget"] = cpu_budget(results)
     summary["targets"] = {
         "relay_vs_raw >= 0.5": summary["relay_vs_raw"] >= TARGETS["relay_vs_raw_min"],
         "relay_vs_naive >= 10": summary["relay_vs_naive"] >= TARGETS["relay_vs_naive_min"],
@@ -796,6 +797,37 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         "peak RSS < 150 MiB": rss < TARGETS["rss_mib_max"],
     }
     return summary
+
+
+def task_vcpu() -> float:
+    """The stream task's vCPUs in template.yaml (`Cpu: "256"` is a quarter of one)."""
+    found = re.search(r'^\s+Cpu:\s*"?(\d+)', TEMPLATE.read_text(), re.MULTILINE)
+    return int(found.group(1)) / 1024 if found else float("nan")
+
+
+def cpu_budget(results: dict[str, Any]) -> dict[str, Any]:
+    """What the measured CPU per event means: the relay's ceiling on one core, the CPU the whole
+    bench needs at half the raw rate, and the rate the template's Fargate task can sustain (this
+    machine's core taken for a Fargate vCPU: an estimate)."""
+    tp = results["throughput"]
+    relay, n = tp["relay"], tp["backlog"]
+    ms = {
+        "relay": relay["relay_cpu_ms_per_event"],
+        "gateway": relay["gateway_cpu_s"] * 1000 / n,
+        "sqs_endpoint": relay["sink_cpu_s"] * 1000 / n,
+    }
+    half_raw = tp["raw"]["rate"] / 2
+    vcpu = task_vcpu()
+    return {
+        "cpu_ms_per_event": ms,
+        "relay_one_core_ceiling_events_per_s": 1000 / ms["relay"],
+        "half_raw_events_per_s": half_raw,
+        "relay_cores_needed_at_half_raw": ms["relay"] * half_raw / 1000,
+        "all_cores_needed_at_half_raw": sum(ms.values()) * half_raw / 1000,
+        "cpus": results["cpus"],
+        "task_vcpu": vcpu,
+        "task_sustained_events_per_s_estimate": vcpu * 1000 / ms["relay"],
+    }
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -807,6 +839,7 @@ def print_table(results: dict[str, Any]) -> None:
 
     fm = s["functional_moto"]
     cu = s["catch_up"]
+    b = s["cpu_budget"]
     lines = [
         "",
         f"ohip-relay benchmark, {results['started']} (scale {results['scale']}, {results['cpus']} CPUs, "
@@ -834,6 +867,13 @@ def print_table(results: dict[str, Any]) -> None:
         f"  catch-up: {cu['events']:,} replayed events in {cu['seconds']:.1f} s ({cu['rate']:,.0f} events/s)",
         f"  functional run on moto (SQS too): {fm['delivered']}/{fm['events']} delivered, {fm['missing']} "
         f"missing, {fm['duplicates']} duplicates, {(fm['rate'] or 0):,.0f} events/s (moto-bound)",
+        f"  CPU budget: one core (one interpreter) caps the relay at "
+        f"{b['relay_one_core_ceiling_events_per_s']:,.0f} events/s; at half the raw rate",
+        f"    ({b['half_raw_events_per_s']:,.0f}/s) the relay would need "
+        f"{b['relay_cores_needed_at_half_raw']:.2f} cores, relay + gateway + SQS endpoint "
+        f"{b['all_cores_needed_at_half_raw']:.2f} of {b['cpus']}",
+        f"  the template's stream task ({b['task_vcpu']:g} vCPU) sustains about "
+        f"{b['task_sustained_events_per_s_estimate']:,.0f} events/s (this machine's core taken for a vCPU)",
         "",
         "  targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in s["targets"].items()),
         "",
