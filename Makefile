@@ -92,6 +92,7 @@ linters: ## install the pinned lint tools (once per machine, the three environme
 
 lint: linters ## ruff, mypy, cfn-lint, sam validate --lint, checkov (all offline)
 	@$(BIN)/ruff check shared local functions tests bench
+	@$(BIN)/ruff format --check --quiet shared local functions tests bench
 	@$(BIN)/mypy
 	@$(LINT_VENV)/bin/cfn-lint template.yaml
 	@$(SAM) validate --lint --template template.yaml

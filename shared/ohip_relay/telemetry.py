@@ -80,7 +80,7 @@ class Telemetry:
             self._gauges[metric] = value
 
     def observe(self, metric: Metric, value: float) -> None:
-        """A sample of a distribution (latency); the flush writes its maximum and average."""
+        """A sample of a distribution (latency); the flush writes the largest since the last flush."""
         with self._lock:
             self._samples[metric].append(value)
 
