@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import logging
 from typing import Any
 
 import boto3
@@ -18,16 +20,76 @@ BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_c
 
 _SECRET_FIELDS = {"clientId": "client_id", "clientSecret": "client_secret", "appKey": "app_key"}
 
+log = logging.getLogger("ohip_relay.aws")
+
+# Error codes botocore's standard mode retries (besides HTTP 5xx and connection errors).
+_RETRIED_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "EC2ThrottledException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+
 
 def aws_client(settings: Settings, service: str, *, config: Config | None = None) -> Any:
     """A boto3 client honouring AWS_ENDPOINT_URL (moto locally) and AWS_REGION; `config` is merged
     into BOTO_CONFIG."""
     session = boto3.session.Session(region_name=settings.aws_region or None)
-    return session.client(  # type: ignore[call-overload]
-        service,
-        endpoint_url=settings.aws_endpoint_url or None,
-        config=BOTO_CONFIG if config is None else BOTO_CONFIG.merge(config),
+    merged = BOTO_CONFIG if config is None else BOTO_CONFIG.merge(config)
+    client = session.client(  # type: ignore[call-overload]
+        service, endpoint_url=settings.aws_endpoint_url or None, config=merged
     )
+    log_retries(client, merged)
+    return client
+
+
+def log_retries(client: Any, config: Config) -> None:
+    """Log each failed attempt that botocore is about to try again: its retries (with backoff,
+    seconds in all) are otherwise silent, and only what still fails reaches our own logs."""
+    retries = getattr(config, "retries", None) or {}
+    total = retries.get("total_max_attempts") or retries.get("max_attempts", 2) + 1
+    client.meta.events.register("needs-retry", functools.partial(_log_retry, total=total))
+
+
+def _log_retry(
+    *,
+    total: int,
+    attempts: int,
+    operation: Any,
+    response: tuple[Any, dict[str, Any]] | None = None,
+    caught_exception: Exception | None = None,
+    **_: Any,
+) -> None:
+    """A `needs-retry` handler that only logs (it returns None, so botocore's decision stands)."""
+    if attempts >= total:
+        return
+    if caught_exception is not None:
+        why = type(caught_exception).__name__
+    elif response is not None:
+        parsed = response[1] if len(response) > 1 else {}
+        code = str(parsed.get("Error", {}).get("Code", ""))
+        status = parsed.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code not in _RETRIED_CODES and not (isinstance(status, int) and status >= 500):
+            return
+        why = f"{code or 'HTTP'} {status}".strip()
+    else:
+        return
+    service = operation.service_model.service_id
+    log.warning("%s %s failed (%s), attempt %d of at most %d", service, operation.name, why, attempts, total)
 
 
 def aws_credentials(settings: Settings) -> Credentials | None:
