@@ -865,12 +865,15 @@ def run_schedule(
     result.close_codes = sampler.close_codes
     result.duration = time.monotonic() - started
     result.timings.update(run.timings)
-    if verdict.lost:
-        _say(f"  seed {schedule.seed}: LOST {len(verdict.lost)} events; relay logs follow")
-        dump = Path(f"chaos-lost-seed-{schedule.seed}.log")
+    if verdict.lost or result.problems:
+        # Any failed schedule keeps its logs: a timing-dependent one may not fail again on replay.
+        what = f"LOST {len(verdict.lost)} events" if verdict.lost else "; ".join(result.problems)
+        _say(f"  seed {schedule.seed}: {what}")
+        dump = Path(f"chaos-{'lost' if verdict.lost else 'failed'}-seed-{schedule.seed}.log")
         dump.write_text(
             "\n".join(
-                [f"plan: {schedule.describe()}", f"lost keys: {verdict.lost}", f"injected: {result.injected}"]
+                [f"plan: {schedule.describe()}", f"problems: {result.problems}", f"notes: {run.notes}"]
+                + [f"lost keys: {verdict.lost}", f"injected: {result.injected}", f"timings: {run.timings}"]
                 + [f"--- relay {i} ---\n" + relay.log() for i, relay in enumerate(run.relays)]
                 + ["--- ticks ---"]
                 + run.tick_lines
