@@ -37,7 +37,6 @@ import random
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -149,9 +148,6 @@ class StreamConsumer:
         self.holding_lease = False
         self._lease_confirmed_at = 0.0  # wall clock: the `now` of the last acquire or renew that succeeded
         self._lease_lost_why = ""
-        # Renewals get a thread of their own: in the shared pool they queued behind slow or
-        # throttled DynamoDB calls (checkpoint, heartbeat, reads) and the lease was given up for that.
-        self._lease_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lease")
         self._beats: set[asyncio.Task[None]] = set()
         self.suppressed = 0  # replayed events the poll fallback had already published
         self._suppressed_logged = 0
@@ -236,7 +232,6 @@ class StreamConsumer:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self._shutdown()
-            self._lease_thread.shutdown(wait=False)
         return self.exit_status
 
     # -- the connection loop ----------------------------------------------------------------
@@ -680,8 +675,8 @@ class StreamConsumer:
 
     async def _renew_lease(self, now: float, safe_until: float) -> bool | None:
         """True: renewed; False: someone else holds the lease; None: no answer by `safe_until`."""
-        renewal = asyncio.get_running_loop().run_in_executor(
-            self._lease_thread, self.state.renew_lease, self.owner, self.options.lease_duration, now
+        renewal = asyncio.ensure_future(
+            asyncio.to_thread(self.state.renew_lease, self.owner, self.options.lease_duration, now)
         )
         # Once given up on (or the keeper cancelled), its outcome is not needed: retrieved here,
         # so that asyncio does not report an exception nobody read.

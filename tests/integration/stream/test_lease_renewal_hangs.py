@@ -8,10 +8,8 @@ subscribes: two connections, a 4409 for one of them.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
-import threading
 
 import pytest
 
@@ -56,26 +54,3 @@ async def test_a_hanging_renewal_closes_the_connection_before_the_lease_ends(
     assert rig.gateway.streaming.snapshot()["conflicts"] == 0, "two connections at once"
     lost = [r.getMessage() for r in caplog.records if r.getMessage().startswith("lease lost")]
     assert any("no lease renewal succeeded for" in m for m in lost), lost
-
-
-async def test_renewals_do_not_wait_behind_other_blocking_calls(
-    rig: Rig, caplog: pytest.LogCaptureFixture
-) -> None:
-    # Every thread of the shared pool busy (as with DynamoDB calls retrying through throttling) for
-    # longer than a lease: the renewals, in a thread of their own, keep the lease all the same.
-    busy = 3 * SHORT_LEASE.lease_duration
-    release = threading.Event()
-    with caplog.at_level(logging.INFO):
-        async with rig.consumer(SHORT_LEASE, owner="task-a") as first:
-            await eventually(lambda: first.consumer.status is StreamState.CONNECTED, what="connected")
-            loop = asyncio.get_running_loop()
-            blockers = [loop.run_in_executor(None, release.wait, busy) for _ in range(64)]
-            try:
-                await asyncio.sleep(busy)  # the span to survive, not a synchronisation
-                assert first.consumer.holding_lease
-                assert first.consumer.status is StreamState.CONNECTED
-            finally:
-                release.set()
-                await asyncio.gather(*blockers)
-            assert await first.stop() == 0
-    assert not [r.getMessage() for r in caplog.records if r.getMessage().startswith("lease lost")]
