@@ -12,6 +12,7 @@ import boto3
 from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.retries.standard import RetryContext, StandardRetryConditions
 
 from .config import ConfigError, Settings
 
@@ -21,28 +22,6 @@ BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_c
 _SECRET_FIELDS = {"clientId": "client_id", "clientSecret": "client_secret", "appKey": "app_key"}
 
 log = logging.getLogger("ohip_relay.aws")
-
-# Error codes botocore's standard mode retries (besides HTTP 5xx and connection errors).
-_RETRIED_CODES = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottledException",
-        "TooManyRequestsException",
-        "ProvisionedThroughputExceededException",
-        "TransactionInProgressException",
-        "RequestLimitExceeded",
-        "BandwidthLimitExceeded",
-        "LimitExceededException",
-        "RequestThrottled",
-        "SlowDown",
-        "PriorRequestNotComplete",
-        "EC2ThrottledException",
-        "RequestTimeout",
-        "RequestTimeoutException",
-    }
-)
 
 
 def aws_client(settings: Settings, service: str, *, config: Config | None = None) -> Any:
@@ -62,11 +41,16 @@ def log_retries(client: Any, config: Config) -> None:
     seconds in all) are otherwise silent, and only what still fails reaches our own logs."""
     retries = getattr(config, "retries", None) or {}
     total = retries.get("total_max_attempts") or retries.get("max_attempts", 2) + 1
-    client.meta.events.register("needs-retry", functools.partial(_log_retry, total=total))
+    # botocore's own standard-mode conditions decide what counts as retried: no list of ours to drift.
+    conditions = StandardRetryConditions(max_attempts=total)
+    client.meta.events.register(
+        "needs-retry", functools.partial(_log_retry, conditions=conditions, total=total)
+    )
 
 
 def _log_retry(
     *,
+    conditions: StandardRetryConditions,
     total: int,
     attempts: int,
     operation: Any,
@@ -75,19 +59,21 @@ def _log_retry(
     **_: Any,
 ) -> None:
     """A `needs-retry` handler that only logs (it returns None, so botocore's decision stands)."""
-    if attempts >= total:
+    http, parsed = response if response is not None else (None, None)
+    context = RetryContext(
+        attempt_number=attempts,
+        operation_model=operation,
+        parsed_response=parsed,
+        http_response=http,
+        caught_exception=caught_exception,
+    )
+    if not conditions.is_retryable(context):
         return
     if caught_exception is not None:
         why = type(caught_exception).__name__
-    elif response is not None:
-        parsed = response[1] if len(response) > 1 else {}
-        code = str(parsed.get("Error", {}).get("Code", ""))
-        status = parsed.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        if code not in _RETRIED_CODES and not (isinstance(status, int) and status >= 500):
-            return
-        why = f"{code or 'HTTP'} {status}".strip()
     else:
-        return
+        status = (parsed or {}).get("ResponseMetadata", {}).get("HTTPStatusCode", "")
+        why = f"{context.get_error_code() or 'HTTP'} {status}".strip()
     service = operation.service_model.service_id
     log.warning("%s %s failed (%s), attempt %d of at most %d", service, operation.name, why, attempts, total)
 
