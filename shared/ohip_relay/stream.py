@@ -211,6 +211,20 @@ class StreamConsumer:
                     await self._take_over()
                 except _Stopped:
                     break
+                except StateStoreError as exc:
+                    if not exc.retryable:
+                        raise
+                    # Not connected yet, so nothing to undo: the lease lapses by itself (or is
+                    # taken again below, as this task still owns it) once DynamoDB answers.
+                    log.warning(
+                        "took the lease but could not read the stream's state (%s); standing by "
+                        "and trying again",
+                        exc.code,
+                    )
+                    self.holding_lease = False
+                    self.status = StreamState.STANDBY
+                    await self._sleep(self.options.lease_renew_interval)
+                    continue
                 keeper = asyncio.create_task(self._lease_keeper())
                 try:
                     await self._connection_loop()
@@ -578,9 +592,14 @@ class StreamConsumer:
                 self._lease_confirmed_at = now
                 return True
             if not announced:
-                lease = await asyncio.to_thread(self.state.get_lease)
-                log.info("another task holds the stream (%s); standing by", lease.owner if lease else "?")
-                announced = True
+                try:
+                    lease = await asyncio.to_thread(self.state.get_lease)
+                except Exception as exc:  # only for the log line: standing by all the same
+                    log.warning("cannot read the lease (%s); trying again", type(exc).__name__)
+                else:
+                    holder = lease.owner if lease else "?"
+                    log.info("another task holds the stream (%s); standing by", holder)
+                    announced = True
             self.status = StreamState.STANDBY
             await self._sleep(self.options.lease_renew_interval)
         return False

@@ -1,4 +1,4 @@
-"""DynamoDB failing while the consumer starts: it says so and tries again, instead of crashing.
+"""DynamoDB failing while the consumer starts or takes over: it says so and tries again, instead of crashing.
 
 The relay's own clients retry throttling five times (botocore's standard mode, seconds of backoff);
 what still fails reaches the consumer. Here the state store's client has botocore's retries off
@@ -8,13 +8,14 @@ and talks to moto through the fault proxy, so each injected fault is one failed 
 from __future__ import annotations
 
 import logging
+import time
 
 import boto3
 import pytest
 from botocore.config import Config
 
 from ohip_local.faultproxy import FaultRule, running_fault_proxy
-from ohip_relay.state import StateStore, StreamState
+from ohip_relay.state import Lease, StateStore, StateStoreError, StreamState
 
 from .conftest import Rig, eventually
 
@@ -25,13 +26,7 @@ async def test_state_reads_failing_at_start_up_are_tried_again(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
     with running_fault_proxy(rig.stack.endpoint_url) as proxy:
-        client = boto3.client(
-            "dynamodb",
-            endpoint_url=proxy.url,
-            region_name=rig.stack.region,
-            config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
-        )
-        state = StateStore(client, rig.stack.table_name, rig.chain)
+        state = _proxied_state(rig, proxy.url)
         # The first three GetItems fail: the checkpoint read at start-up, then its first retry, ...
         rule = proxy.add(FaultRule("dynamodb", error="throttle", operation="GetItem", count=3))
         with caplog.at_level(logging.WARNING, logger="ohip_relay.stream"):
@@ -48,3 +43,73 @@ async def test_state_reads_failing_at_start_up_are_tried_again(
     ), warnings
     await rig.drain_queue()
     assert sorted(rig.offsets()) == rig.emitted_offsets()
+
+
+def _proxied_state(rig: Rig, url: str) -> StateStore:
+    """The rig's state store, through the fault proxy and with botocore's retries off."""
+    client = boto3.client(
+        "dynamodb",
+        endpoint_url=url,
+        region_name=rig.stack.region,
+        config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
+    )
+    return StateStore(client, rig.stack.table_name, rig.chain)
+
+
+async def test_a_take_over_that_cannot_read_the_state_stands_by_instead_of_exiting(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another task holds the lease for a moment; this one stands by, then takes the lease over
+    # while every DynamoDB read fails. It gives up on the take-over (it must not connect past a
+    # lease nobody renews) and tries again, instead of ending the process.
+    rig.state.acquire_lease("task-x", 1.0, time.time())
+    with (
+        running_fault_proxy(rig.stack.endpoint_url) as proxy,
+        caplog.at_level(logging.INFO, logger="ohip_relay.stream"),
+    ):
+        async with rig.consumer(owner="task-b", state=_proxied_state(rig, proxy.url)) as running:
+            await eventually(lambda: running.consumer.status is StreamState.STANDBY, what="standing by")
+            proxy.add(FaultRule("dynamodb", error="throttle", operation="GetItem"))
+            await eventually(
+                lambda: any("standing by and trying again" in r.getMessage() for r in caplog.records),
+                what="the take-over given up",
+            )
+            assert not running.task.done(), "the consumer ended instead of standing by"
+            proxy.clear()
+            await eventually(lambda: running.consumer.status is StreamState.CONNECTED, what="connected")
+            rig.gateway.emit(10)
+            await rig.receive_offsets(set(rig.emitted_offsets()))
+            assert await running.stop() == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(
+        "could not read the stream's state (ProvisionedThroughputExceededException)" in m for m in messages
+    ), messages
+    await rig.drain_queue()
+    assert sorted(set(rig.offsets())) == rig.emitted_offsets()
+
+
+class _LeaseReadFailsOnce(StateStore):
+    """The rig's table, with the first lease read failing as a throttled one does."""
+
+    failed = False
+
+    def get_lease(self) -> Lease | None:
+        if not self.failed:
+            self.failed = True
+            raise StateStoreError("throttled", operation="GetLease", code="Throttling", retryable=True)
+        return super().get_lease()
+
+
+async def test_a_failing_lease_read_on_standby_is_tried_again(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig.state.acquire_lease("task-x", 1.5, time.time())
+    client = boto3.client("dynamodb", endpoint_url=rig.stack.endpoint_url, region_name=rig.stack.region)
+    state = _LeaseReadFailsOnce(client, rig.stack.table_name, rig.chain)
+    with caplog.at_level(logging.INFO, logger="ohip_relay.stream"):
+        async with rig.consumer(owner="task-b", state=state) as running:
+            await eventually(lambda: state.failed, what="the lease read")
+            await eventually(lambda: running.consumer.status is StreamState.CONNECTED, what="connected")
+            assert await running.stop() == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert "cannot read the lease (StateStoreError); trying again" in messages, messages
