@@ -832,6 +832,14 @@ PUBLISH_READ_TIMEOUT = 20.0
 PUBLISHER_BOTO_CONFIG = Config(
     parameter_validation=False, connect_timeout=PUBLISH_CONNECT_TIMEOUT, read_timeout=PUBLISH_READ_TIMEOUT
 )
+# The relay's DynamoDB calls (checkpoint, lease, heartbeat, seen-set) are single items that answer
+# in milliseconds. botocore's default 60 s timeouts, for each of its 6 attempts, would let one call
+# that hangs hold a thread for minutes: past the lease (the keeper gives it up, but the thread stays
+# busy) and past ECS's stop timeout (the process waits for its threads before it exits). Bounded
+# here: a hung attempt is given up after seconds and retried like any other transient error.
+STATE_CONNECT_TIMEOUT = 3.0
+STATE_READ_TIMEOUT = 5.0
+STATE_BOTO_CONFIG = Config(connect_timeout=STATE_CONNECT_TIMEOUT, read_timeout=STATE_READ_TIMEOUT)
 
 
 def options_for(settings: Settings) -> StreamOptions:
@@ -873,7 +881,7 @@ async def open_consumer(
         ),
         s3_client=aws_client(settings, "s3") if settings.bucket_name else None,
     )
-    dynamodb = aws_client(settings, "dynamodb")
+    dynamodb = aws_client(settings, "dynamodb", config=STATE_BOTO_CONFIG)
     async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as http:
         consumer = StreamConsumer(
             settings,

@@ -59,10 +59,10 @@ def _proxied_state(rig: Rig, url: str) -> StateStore:
 async def test_a_take_over_that_cannot_read_the_state_stands_by_instead_of_exiting(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Another task holds the lease for a moment; this one stands by, then takes the lease over
+    # Another task holds the lease; this one stands by, then takes the lease over (released)
     # while every DynamoDB read fails. It gives up on the take-over (it must not connect past a
     # lease nobody renews) and tries again, instead of ending the process.
-    rig.state.acquire_lease("task-x", 1.0, time.time())
+    rig.state.acquire_lease("task-x", 60.0, time.time())
     with (
         running_fault_proxy(rig.stack.endpoint_url) as proxy,
         caplog.at_level(logging.INFO, logger="ohip_relay.stream"),
@@ -70,6 +70,7 @@ async def test_a_take_over_that_cannot_read_the_state_stands_by_instead_of_exiti
         async with rig.consumer(owner="task-b", state=_proxied_state(rig, proxy.url)) as running:
             await eventually(lambda: running.consumer.status is StreamState.STANDBY, what="standing by")
             proxy.add(FaultRule("dynamodb", error="throttle", operation="GetItem"))
+            rig.state.release_lease("task-x")
             await eventually(
                 lambda: any("standing by and trying again" in r.getMessage() for r in caplog.records),
                 what="the take-over given up",
@@ -103,13 +104,36 @@ class _LeaseReadFailsOnce(StateStore):
 async def test_a_failing_lease_read_on_standby_is_tried_again(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    rig.state.acquire_lease("task-x", 1.5, time.time())
+    rig.state.acquire_lease("task-x", 60.0, time.time())
     client = boto3.client("dynamodb", endpoint_url=rig.stack.endpoint_url, region_name=rig.stack.region)
     state = _LeaseReadFailsOnce(client, rig.stack.table_name, rig.chain)
     with caplog.at_level(logging.INFO, logger="ohip_relay.stream"):
         async with rig.consumer(owner="task-b", state=state) as running:
             await eventually(lambda: state.failed, what="the lease read")
+            rig.state.release_lease("task-x")
             await eventually(lambda: running.consumer.status is StreamState.CONNECTED, what="connected")
             assert await running.stop() == 0
     messages = [r.getMessage() for r in caplog.records]
     assert "cannot read the lease (StateStoreError); trying again" in messages, messages
+
+
+async def test_a_dynamodb_call_that_hangs_is_given_up_in_seconds(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The relay's own DynamoDB client (timeouts and retries as shipped). Its first call, the
+    # checkpoint read at start-up, hangs for longer than the test waits: it is given up after the
+    # read timeout and tried again, instead of botocore's 60 s.
+    hang = 30.0
+    with (
+        running_fault_proxy(rig.stack.endpoint_url) as proxy,
+        caplog.at_level(logging.INFO, logger="ohip_relay"),
+    ):
+        rule = proxy.add(FaultRule("dynamodb", error="slow", operation="GetItem", delay=hang, count=1))
+        async with rig.consumer(AWS_ENDPOINT_URL=proxy.url) as running:
+            await eventually(
+                lambda: running.consumer.status is StreamState.CONNECTED, within=hang / 2, what="connected"
+            )
+            assert await running.stop() == 0
+    assert rule.injected == 1
+    retried = [r.getMessage() for r in caplog.records if r.name == "ohip_relay.aws"]
+    assert any("DynamoDB GetItem failed (ReadTimeoutError), attempt 1 of" in m for m in retried), retried
