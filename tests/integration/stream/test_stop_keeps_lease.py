@@ -21,7 +21,10 @@ from .conftest import FAST, Rig, eventually
 pytestmark = pytest.mark.integration
 
 
-SHORT_LEASE = dataclasses.replace(FAST, lease_duration=1.0, lease_renew_interval=0.2)
+# Short, so that the drain below outlasts several leases; not shorter: a renewal must answer within
+# lease - renew interval (1.75 s), or the consumer gives the lease up (test_lease_renewal_hangs.py);
+# a 1 s lease left a renewal 0.8 s, the tightest margin in the suite on a loaded machine.
+SHORT_LEASE = dataclasses.replace(FAST, lease_duration=2.0, lease_renew_interval=0.25)
 
 
 async def test_a_successor_waits_until_the_stopping_consumer_has_drained(rig: Rig) -> None:
