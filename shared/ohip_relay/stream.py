@@ -37,6 +37,7 @@ import random
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -94,6 +95,11 @@ class StreamOptions:
             raise ValueError("lease_renew_interval must be under half the lease_duration")
 
 
+# Threads for the consumer's DynamoDB calls: checkpoint, heartbeat and its mark read, lease
+# renewals (one given up on may still run), seen-set reads, and state-change heartbeats.
+BLOCKING_THREADS = 16
+
+
 class _Stopped(Exception):
     """A stop was requested while the consumer was waiting to read its state."""
 
@@ -149,6 +155,10 @@ class StreamConsumer:
         self._lease_confirmed_at = 0.0  # wall clock: the `now` of the last acquire or renew that succeeded
         self._lease_lost_why = ""
         self._beats: set[asyncio.Task[None]] = set()
+        # The DynamoDB calls (blocking boto3) run in threads of the consumer's own: in the loop's
+        # shared default pool (6 threads on 2 CPUs) a lease renewal could queue behind calls that
+        # botocore is retrying through throttling, and the lease was then given up for nothing.
+        self._threads = ThreadPoolExecutor(max_workers=BLOCKING_THREADS, thread_name_prefix="relay-state")
         self.suppressed = 0  # replayed events the poll fallback had already published
         self._suppressed_logged = 0
         self._retried_reported = 0
@@ -246,6 +256,8 @@ class StreamConsumer:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self._shutdown()
+            # A call still running (a renewal given up on) ends within its botocore timeouts.
+            self._threads.shutdown(wait=False)
         return self.exit_status
 
     # -- the connection loop ----------------------------------------------------------------
@@ -477,7 +489,7 @@ class StreamConsumer:
             # First event ever: anchor the checkpoint just below it, so that a crash before the
             # first acknowledgement replays from here instead of subscribing to "highest" again.
             anchor = max(0, event.offset - 1)
-            await asyncio.to_thread(self.state.advance_checkpoint, anchor, self.owner)
+            await self._blocking(self.state.advance_checkpoint, anchor, self.owner)
             self.watermark = OffsetWatermark(anchor)
             self.checkpointed = anchor
             log.info("first event at offset %s: checkpoint anchored at %s", event.offset, anchor)
@@ -522,7 +534,7 @@ class StreamConsumer:
         if self.seen is None or mark is None or event.occurred_at.replace(microsecond=0) > mark:
             return False
         try:
-            hits = await asyncio.to_thread(self.seen.contains, [event.event_key])
+            hits = await self._blocking(self.seen.contains, [event.event_key])
         except Exception as exc:
             log.warning("seen-set unavailable (%s): publishing (a duplicate at worst)", type(exc).__name__)
             return False
@@ -551,7 +563,7 @@ class StreamConsumer:
 
     async def _refresh_fallback_mark(self) -> None:
         try:
-            record = await asyncio.to_thread(self.state.get_fallback)
+            record = await self._blocking(self.state.get_fallback)
         except Exception as exc:
             log.warning("cannot read the fallback state (%s)", type(exc).__name__)
             return
@@ -580,7 +592,7 @@ class StreamConsumer:
         while not self._stop.is_set():
             now = time.time()
             try:
-                acquired = await asyncio.to_thread(
+                acquired = await self._blocking(
                     self.state.acquire_lease, self.owner, self.options.lease_duration, now
                 )
             except Exception as exc:
@@ -593,7 +605,7 @@ class StreamConsumer:
                 return True
             if not announced:
                 try:
-                    lease = await asyncio.to_thread(self.state.get_lease)
+                    lease = await self._blocking(self.state.get_lease)
                 except Exception as exc:  # only for the log line: standing by all the same
                     log.warning("cannot read the lease (%s); trying again", type(exc).__name__)
                 else:
@@ -644,7 +656,7 @@ class StreamConsumer:
         delay = 0.5
         while True:
             try:
-                return await asyncio.to_thread(read)
+                return await self._blocking(read)
             except StateStoreError as exc:
                 if not exc.retryable:  # a missing table, no permission: trying again cannot help
                     raise
@@ -695,7 +707,7 @@ class StreamConsumer:
     async def _renew_lease(self, now: float, safe_until: float) -> bool | None:
         """True: renewed; False: someone else holds the lease; None: no answer by `safe_until`."""
         renewal = asyncio.ensure_future(
-            asyncio.to_thread(self.state.renew_lease, self.owner, self.options.lease_duration, now)
+            self._blocking(self.state.renew_lease, self.owner, self.options.lease_duration, now)
         )
         # Once given up on (or the keeper cancelled), its outcome is not needed: retrieved here,
         # so that asyncio does not report an exception nobody read.
@@ -725,7 +737,7 @@ class StreamConsumer:
         value = self.watermark.value
         if value is None or (self.checkpointed is not None and value <= self.checkpointed):
             return
-        await asyncio.to_thread(self.state.advance_checkpoint, value, self.owner)
+        await self._blocking(self.state.advance_checkpoint, value, self.owner)
         self.checkpointed = value
         self.telemetry.gauge(Metric.CHECKPOINT_OFFSET, value)
 
@@ -747,7 +759,7 @@ class StreamConsumer:
             lag_seconds=self.lag_seconds,
             detail=self._detail(),
         )
-        await asyncio.to_thread(self.state.put_heartbeat, heartbeat)
+        await self._blocking(self.state.put_heartbeat, heartbeat)
 
     def _detail(self) -> str | None:
         outcome = self.last_outcome
@@ -804,7 +816,7 @@ class StreamConsumer:
             await self._write_heartbeat()
         if self.holding_lease:
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.state.release_lease, self.owner)
+                await self._blocking(self.state.release_lease, self.owner)
             self.holding_lease = False
         with contextlib.suppress(Exception):
             await self._flush_metrics()
@@ -812,6 +824,10 @@ class StreamConsumer:
         log.info("stopped at checkpoint %s", self.checkpointed)
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _blocking(self, call: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        """`call(*args)` in one of the consumer's threads."""
+        return asyncio.get_running_loop().run_in_executor(self._threads, call, *args)
 
     def _stopping(self) -> bool:
         return self._stop.is_set() or self._lease_lost.is_set()
