@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 
 import httpx
 from botocore.config import Config
+from botocore.credentials import Credentials
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
@@ -876,12 +877,25 @@ async def open_consumer(
 
     opts = options or options_for(settings)
     holder: list[StreamConsumer] = []
-    sqs = aws_client(settings, "sqs", config=PUBLISHER_BOTO_CONFIG)
+    http_transport = settings.sqs_transport is SqsTransport.HTTP
+
+    def blocking_parts() -> tuple[Any, Any, Any, Credentials | None]:
+        # boto3 clients load their service models from disk, and the credential chain may ask the
+        # container's metadata endpoint: seconds on a busy machine, kept off the event loop (where
+        # another consumer's lease keeper may be waiting to run).
+        return (
+            aws_client(settings, "sqs", config=PUBLISHER_BOTO_CONFIG),
+            aws_client(settings, "s3") if settings.bucket_name else None,
+            aws_client(settings, "dynamodb", config=STATE_BOTO_CONFIG),
+            aws_credentials(settings) if http_transport else None,
+        )
+
+    sqs, s3, dynamodb, credentials = await asyncio.to_thread(blocking_parts)
     transport: SqsHttpTransport | None = None
-    if settings.sqs_transport is SqsTransport.HTTP:
+    if http_transport:
         transport = SqsHttpTransport(
             sqs,
-            aws_credentials(settings),
+            credentials,
             connect_timeout=PUBLISH_CONNECT_TIMEOUT,
             read_timeout=PUBLISH_READ_TIMEOUT,
         )
@@ -895,9 +909,8 @@ async def open_consumer(
             max_buffered=opts.max_in_flight,
             claim_check_bucket=settings.bucket_name or None,
         ),
-        s3_client=aws_client(settings, "s3") if settings.bucket_name else None,
+        s3_client=s3,
     )
-    dynamodb = aws_client(settings, "dynamodb", config=STATE_BOTO_CONFIG)
     async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as http:
         consumer = StreamConsumer(
             settings,
