@@ -991,25 +991,35 @@ def _run_chaos(
             return False
         return True
 
-    if jobs == 1:
-        with moto_process() as endpoint:
-            for n in seeds:
-                if not budget_left(n):
-                    break
-                record(_run_one(n, short=short, verbose=verbose, endpoint=endpoint, template=template))
-    else:
-        _run_parallel(
-            seeds,
-            jobs=jobs,
-            short=short,
-            verbose=verbose,
-            record=record,
-            budget_left=budget_left,
-        )
+    try:
+        if jobs == 1:
+            with moto_process() as endpoint:
+                for n in seeds:
+                    if not budget_left(n):
+                        break
+                    record(_run_one(n, short=short, verbose=verbose, endpoint=endpoint, template=template))
+        else:
+            _run_parallel(
+                seeds,
+                jobs=jobs,
+                short=short,
+                verbose=verbose,
+                record=record,
+                budget_left=budget_left,
+            )
+    except KeyboardInterrupt:
+        # Ctrl-C, or SIGTERM from a CI timeout: what finished is still worth its summary.
+        _say(f"  interrupted: the summary below covers the {len(results)} schedule(s) that finished")
+        _summary(results, started)
+        raise
+    _summary(results, started)
+    return results
+
+
+def _summary(results: list[ScheduleResult], started: float) -> None:
     results.sort(key=lambda r: r.seed)
     for line in summarise(results, time.monotonic() - started):
         _say(line)
-    return results
 
 
 # -- parallel jobs ---------------------------------------------------------------------------------

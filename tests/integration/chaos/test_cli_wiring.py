@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ohip_local import chaos
 from ohip_relay.cli import CommandError, build_parser
 
 
@@ -26,3 +27,22 @@ def test_zero_jobs_is_a_usage_error() -> None:
     args = build_parser().parse_args(["local", "chaos", "--jobs", "0"])
     with pytest.raises(CommandError, match="--jobs must be at least 1"):
         args.handler(args)
+
+
+def test_an_interrupted_run_still_prints_the_summary_of_what_finished(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The schedules themselves are stood in for (test_chaos_run.py runs real ones): the first
+    # finishes, the second is interrupted as Ctrl-C or a CI timeout's SIGTERM would.
+    def one(n: int, **_: object) -> chaos.ScheduleResult:
+        if n == 2:
+            raise KeyboardInterrupt
+        return chaos.ScheduleResult(seed=n, steps=3, plan="", emitted=40, delivered=40, messages=41)
+
+    monkeypatch.setattr(chaos, "_run_one", one)
+    with pytest.raises(KeyboardInterrupt):
+        chaos.run_chaos(seed=1, schedules=3)
+    printed = capsys.readouterr().out
+    assert "interrupted: the summary below covers the 1 schedule(s) that finished" in printed
+    assert "schedules 1 (seeds 1-1)" in printed
+    assert "lost 0, unexpected 0" in printed
