@@ -114,11 +114,19 @@ def test_an_interrupted_command_says_so_and_does_not_exit_0() -> None:
             probe.bind(("127.0.0.1", 0))
             ports.append(probe.getsockname()[1])
     gateway = ["local", "gateway", "--port", str(ports[0]), "--control-port", str(ports[1])]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ohip_relay.cli", *gateway],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # A shell's background job (`cmd &`, nohup) runs with SIGINT ignored, and a child inherits that:
+    # Python then leaves SIGINT ignored too. Caught here, it is reset to the default in the child.
+    inherited = signal.getsignal(signal.SIGINT)
+    if inherited == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ohip_relay.cli", *gateway],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     try:
         deadline = time.monotonic() + 30
         while True:  # until the gateway listens (its handlers are installed by then)
