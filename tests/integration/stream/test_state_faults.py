@@ -2,13 +2,17 @@
 
 The relay's own clients retry throttling five times (botocore's standard mode, seconds of backoff);
 what still fails reaches the consumer. Here the state store's client has botocore's retries off
-and talks to moto through the fault proxy, so each injected fault is one failed read.
+and talks to moto through the fault proxy, so each injected fault is one failed read. Two tests
+differ: the standby's lease read fails once in the store itself, and the hung call goes through the
+relay's own client, as shipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 
 import boto3
 import pytest
@@ -45,6 +49,16 @@ async def test_state_reads_failing_at_start_up_are_tried_again(
     assert sorted(rig.offsets()) == rig.emitted_offsets()
 
 
+@contextlib.contextmanager
+def _released(rig: Rig, owner: str) -> Iterator[None]:
+    """`owner`'s lease given up at the end, even if the test fails before it does (the next test
+    shares the table)."""
+    try:
+        yield
+    finally:
+        rig.state.release_lease(owner)
+
+
 def _proxied_state(rig: Rig, url: str) -> StateStore:
     """The rig's state store, through the fault proxy and with botocore's retries off."""
     client = boto3.client(
@@ -64,6 +78,7 @@ async def test_a_take_over_that_cannot_read_the_state_stands_by_instead_of_exiti
     # lease nobody renews) and tries again, instead of ending the process.
     rig.state.acquire_lease("task-x", 60.0, time.time())
     with (
+        _released(rig, "task-x"),
         running_fault_proxy(rig.stack.endpoint_url) as proxy,
         caplog.at_level(logging.INFO, logger="ohip_relay.stream"),
     ):
@@ -107,7 +122,7 @@ async def test_a_failing_lease_read_on_standby_is_tried_again(
     rig.state.acquire_lease("task-x", 60.0, time.time())
     client = boto3.client("dynamodb", endpoint_url=rig.stack.endpoint_url, region_name=rig.stack.region)
     state = _LeaseReadFailsOnce(client, rig.stack.table_name, rig.chain)
-    with caplog.at_level(logging.INFO, logger="ohip_relay.stream"):
+    with _released(rig, "task-x"), caplog.at_level(logging.INFO, logger="ohip_relay.stream"):
         async with rig.consumer(owner="task-b", state=state) as running:
             await eventually(lambda: state.failed, what="the lease read")
             rig.state.release_lease("task-x")
