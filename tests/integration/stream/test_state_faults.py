@@ -14,10 +14,10 @@ import logging
 import time
 from collections.abc import Iterator
 
-import boto3
 import pytest
 from botocore.config import Config
 
+from ohip_local.aws import local_client
 from ohip_local.faultproxy import FaultRule, running_fault_proxy
 from ohip_relay.state import Lease, StateStore, StateStoreError, StreamState
 
@@ -61,12 +61,8 @@ def _released(rig: Rig, owner: str) -> Iterator[None]:
 
 def _proxied_state(rig: Rig, url: str) -> StateStore:
     """The rig's state store, through the fault proxy and with botocore's retries off."""
-    client = boto3.client(
-        "dynamodb",
-        endpoint_url=url,
-        region_name=rig.stack.region,
-        config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
-    )
+    no_retries = Config(retries={"mode": "standard", "total_max_attempts": 1})
+    client = local_client("dynamodb", url, rig.stack.region, config=no_retries)
     return StateStore(client, rig.stack.table_name, rig.chain)
 
 
@@ -120,7 +116,7 @@ async def test_a_failing_lease_read_on_standby_is_tried_again(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
     rig.state.acquire_lease("task-x", 60.0, time.time())
-    client = boto3.client("dynamodb", endpoint_url=rig.stack.endpoint_url, region_name=rig.stack.region)
+    client = local_client("dynamodb", rig.stack.endpoint_url, rig.stack.region)
     state = _LeaseReadFailsOnce(client, rig.stack.table_name, rig.chain)
     with _released(rig, "task-x"), caplog.at_level(logging.INFO, logger="ohip_relay.stream"):
         async with rig.consumer(owner="task-b", state=state) as running:
