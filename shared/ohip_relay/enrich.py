@@ -506,6 +506,8 @@ def enriched_message(event: CanonicalEvent, fetched: Fetched) -> OutboundMessage
         attributes=attributes,
         group_id=event.message_group_id(),
         dedup_id=event.deduplication_id(),
+        event_key=event.event_key,
+        event_id=event.event_id,
     )
 
 

@@ -7,10 +7,19 @@ or strings, the poll module as a name or a number, timestamps with or without a 
 JSON Schema `schemas/relay-event.v1.json` and, for people, by `docs/event-format.md`.
 
 Input that cannot be turned into a valid event raises `MalformedEvent`, whose message names the
-field and never its value (event payloads carry personal data), so callers can log and skip it.
+field and never its value (event payloads carry personal data), so callers can park it.
 
-The event key (`event_key`) is the same for one business change on both channels and differs
-between changes; see `docs/event-format.md` for the derivation. Pure code: no I/O, no clock.
+Two keys, two purposes (docs/event-format.md, "Which key to use"):
+
+- `event_id` is the event's identity as its source gives it: on the stream, chain + offset +
+  `uniqueEventId`; on the Poll API, chain + `businessEventId`. Distinct events always differ,
+  replays of one event are equal. The FIFO deduplication id, the claim-check object name and every
+  "already done" decision within one channel are derived from it.
+- `event_key` is a content key: the same for one business change on both channels, and also the
+  same for two changes that look alike (the same field set twice within a second). It only ever
+  matches one change across the two channels, once per copy (`seen.SeenSet`).
+
+Pure code: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -66,6 +75,13 @@ _MODULES_BY_LETTERS = {name.replace("_", ""): name for name in MODULES}
 _CHAIN_CODE = re.compile(r"^[A-Za-z0-9 _%#$&-]{1,20}$")
 _DIGITS = re.compile(r"^[0-9]+$")
 _SQS_ID = re.compile(r"^[!-~]{1,128}$")  # FIFO group/dedup ids: printable ASCII, no space
+# What SQS accepts in a message attribute value (the XML 1.0 characters): anything else, lone UTF-16
+# surrogates among it, becomes U+FFFD there. The body keeps the exact value (JSON-escaped).
+_NOT_SQS_TEXT = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+#: The longest stream offset accepted (ohip-api.md 1, "Subscribing": up to 20 digits, "0" included).
+OFFSET_MAX_DIGITS = 20
+STREAM_ID_PREFIX = "stream:"
+POLL_ID_PREFIX = "poll:"
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _MONTHS = {
     m: i
@@ -143,6 +159,7 @@ class CanonicalEvent:
     """The SQS message body (schemaVersion 1). Times are UTC, truncated to milliseconds."""
 
     event_key: str
+    event_id: str
     source: Source
     chain_code: str
     hotel_id: str | None
@@ -150,7 +167,8 @@ class CanonicalEvent:
     event_name: str
     primary_key: str
     offset: str | None  # stream only
-    unique_event_id: str | None  # stream only
+    unique_event_id: str | None  # stream only, when OHIP sent one
+    business_event_id: str | None  # poll only, when OHIP sent one
     publisher_id: str | None
     action_instance_id: str | None
     occurred_at: datetime
@@ -162,6 +180,7 @@ class CanonicalEvent:
         return {
             "schemaVersion": self.schema_version,
             "eventKey": self.event_key,
+            "eventId": self.event_id,
             "source": self.source,
             "chainCode": self.chain_code,
             "hotelId": self.hotel_id,
@@ -170,6 +189,7 @@ class CanonicalEvent:
             "primaryKey": self.primary_key,
             "offset": self.offset,
             "uniqueEventId": self.unique_event_id,
+            "businessEventId": self.business_event_id,
             "publisherId": self.publisher_id,
             "actionInstanceId": self.action_instance_id,
             "occurredAt": format_instant(self.occurred_at),
@@ -208,16 +228,30 @@ class CanonicalEvent:
         detail = data.get("detail")
         if not isinstance(detail, list):
             raise MalformedEvent("detail")
+        chain_code = _text(data.get("chainCode"), "chainCode")
+        offset = _opt_text(data.get("offset"), "offset")
+        unique_event_id = _opt_text(data.get("uniqueEventId"), "uniqueEventId")
+        business_event_id = _opt_text(data.get("businessEventId"), "businessEventId")
+        event_id = _opt_text(data.get("eventId"), "eventId")
+        if event_id is None:  # a message of a relay from before `eventId`: derived the same way
+            if source == "stream" and offset is not None:
+                event_id = stream_event_id(chain_code, offset, unique_event_id)
+            elif source == "poll" and business_event_id is not None:
+                event_id = poll_event_id(chain_code, business_event_id)
+            else:  # a poll message of an older relay carries no source id: its content key stands in
+                event_id = f"{POLL_ID_PREFIX}{chain_code}:~{key}"
         return cls(
             event_key=key,
+            event_id=event_id,
             source=cast(Source, source),
-            chain_code=_text(data.get("chainCode"), "chainCode"),
+            chain_code=chain_code,
             hotel_id=_opt_text(data.get("hotelId"), "hotelId"),
             module_name=_text(data.get("moduleName"), "moduleName"),
             event_name=_text(data.get("eventName"), "eventName"),
             primary_key=_text(data.get("primaryKey"), "primaryKey"),
-            offset=_opt_text(data.get("offset"), "offset"),
-            unique_event_id=_opt_text(data.get("uniqueEventId"), "uniqueEventId"),
+            offset=offset,
+            unique_event_id=unique_event_id,
+            business_event_id=business_event_id,
             publisher_id=_opt_text(data.get("publisherId"), "publisherId"),
             action_instance_id=_opt_text(data.get("actionInstanceId"), "actionInstanceId"),
             occurred_at=_instant_field(data.get("occurredAt"), "occurredAt"),
@@ -241,7 +275,7 @@ class CanonicalEvent:
             "hotelId": self.hotel_id,
             "source": self.source,
         }
-        out = {k: v for k, v in attributes.items() if v}
+        out = {k: sqs_text(v) for k, v in attributes.items() if v}
         out["schemaVersion"] = str(self.schema_version)
         return out
 
@@ -254,8 +288,10 @@ class CanonicalEvent:
         return "h-" + hashlib.sha256(group.encode("utf-8", "surrogatepass")).hexdigest()
 
     def deduplication_id(self) -> str:
-        """FIFO deduplication id: the event key (67 characters, within SQS's limits)."""
-        return self.event_key
+        """FIFO deduplication id and claim-check name: `i-` + SHA-256 (hex) of `event_id`, the
+        event's identity (66 characters, within SQS's limits). Never the content key: two events
+        that look alike are two messages."""
+        return deduplication_id(self.event_id)
 
     def changed_detail(self) -> tuple[DetailElement, ...]:
         """The elements whose value changed (a delta=false stream frame also lists the others)."""
@@ -266,6 +302,8 @@ _TOP_FIELDS = frozenset(
     {
         "schemaVersion",
         "eventKey",
+        "eventId",
+        "businessEventId",
         "source",
         "chainCode",
         "hotelId",
@@ -303,9 +341,11 @@ def from_stream(
     offset = _id_text(metadata.get("offset"), "metadata.offset")
     if offset is None or not _DIGITS.match(offset):
         raise MalformedEvent("metadata.offset", "not a string of digits")
+    if len(offset) > OFFSET_MAX_DIGITS:  # also keeps int() far from its 4,300-digit limit
+        raise MalformedEvent("metadata.offset", f"longer than {OFFSET_MAX_DIGITS} digits")
+    offset = str(int(offset))
+    # Optional: the offset identifies the event within the chain; the id adds to it when sent.
     unique_event_id = _id_text(metadata.get("uniqueEventId"), "metadata.uniqueEventId")
-    if unique_event_id is None:
-        raise MalformedEvent("metadata.uniqueEventId")
     return _build(
         source="stream",
         chain_code=chain_code,
@@ -321,8 +361,10 @@ def from_stream(
         detail=event.get("detail"),
         detail_field="detail",
         naive_tz=naive_tz,
-        offset=str(int(offset)),
+        offset=offset,
         unique_event_id=unique_event_id,
+        business_event_id=None,
+        event_id=stream_event_id(chain_code, offset, unique_event_id),
     )
 
 
@@ -332,10 +374,15 @@ def from_poll(
     relayed_at: datetime,
     *,
     naive_tz: tzinfo = UTC,
+    stand_in_id: str | None = None,
 ) -> CanonicalEvent:
     """One item of a Poll API `businessEventData` list as a canonical event.
 
     `createdDateTime` carries no zone; it is read in `naive_tz` (UTC unless told otherwise).
+    The event's identity is its `businessEventId` (`{"id": "..."}`; a bare string or number is
+    read too). An item without one is still an event the Poll API has dequeued: it is published
+    under `stand_in_id` (the caller's unique token, for example a UUID, so that it can never be
+    merged with another event), and is malformed only when no stand-in is given.
     """
     item = business_event_data_item
     if not isinstance(item, Mapping):
@@ -346,6 +393,13 @@ def from_poll(
     header = business_event.get("header")
     if not isinstance(header, Mapping):
         raise MalformedEvent("businessEvent.header")
+    business_event_id = business_event_id_of(item)
+    if business_event_id is not None:
+        event_id = poll_event_id(chain_code, business_event_id)
+    elif stand_in_id:
+        event_id = f"{POLL_ID_PREFIX}{chain_code}:~{stand_in_id}"
+    else:
+        raise MalformedEvent("businessEventId")
     return _build(
         source="poll",
         chain_code=chain_code,
@@ -363,7 +417,43 @@ def from_poll(
         naive_tz=naive_tz,
         offset=None,
         unique_event_id=None,
+        business_event_id=business_event_id,
+        event_id=event_id,
     )
+
+
+def business_event_id_of(item: Mapping[str, Any]) -> str | None:
+    """The `businessEventId` of a Poll API item as text (None when absent or empty). Raises
+    `MalformedEvent` for a value that is neither a string, an integer nor `{"id": ...}`."""
+    value = item.get("businessEventId")
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    return _id_text(value, "businessEventId")
+
+
+def stream_event_id(chain_code: str, offset: str, unique_event_id: str | None) -> str:
+    """A stream event's identity: `stream:<chain>:<offset>:<uniqueEventId or nothing>`. The offset
+    identifies the event within the chain's log; `uniqueEventId` keeps two events apart if OHIP ever
+    numbers its log again from a lower offset (a reset)."""
+    return f"{STREAM_ID_PREFIX}{chain_code}:{offset}:{unique_event_id or ''}"
+
+
+def poll_event_id(chain_code: str, business_event_id: str) -> str:
+    """A Poll API event's identity: `poll:<chain>:<businessEventId>`."""
+    return f"{POLL_ID_PREFIX}{chain_code}:{business_event_id}"
+
+
+def deduplication_id(event_id: str) -> str:
+    """The SQS deduplication id (and claim-check name) of an event identity: `i-` + SHA-256 hex."""
+    return "i-" + hashlib.sha256(event_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def sqs_text(value: str) -> str:
+    """`value` with every character SQS refuses in an attribute value (control characters other
+    than tab/newline/return, lone surrogates, U+FFFE/U+FFFF) replaced by U+FFFD."""
+    if value.isascii() and value.isprintable():  # the common case, without a regex
+        return value
+    return _NOT_SQS_TEXT.sub("\ufffd", value)
 
 
 def _unwrap_stream(value: object) -> Mapping[str, Any]:
@@ -394,6 +484,8 @@ def _build(
     naive_tz: tzinfo,
     offset: str | None,
     unique_event_id: str | None,
+    business_event_id: str | None,
+    event_id: str,
 ) -> CanonicalEvent:
     if type(chain_code) is not str or chain_code not in _CHAIN_CODES_SEEN:
         if not isinstance(chain_code, str) or not _CHAIN_CODE.match(chain_code):
@@ -431,6 +523,7 @@ def _build(
     )
     return CanonicalEvent(
         event_key=key,
+        event_id=event_id,
         source=source,
         chain_code=chain_code,
         hotel_id=hotel,
@@ -439,6 +532,7 @@ def _build(
         primary_key=primary,
         offset=offset,
         unique_event_id=unique_event_id,
+        business_event_id=business_event_id,
         publisher_id=publisher,
         action_instance_id=action,
         occurred_at=occurred_at,

@@ -165,6 +165,8 @@ class OutboundMessage:
     object. `attributes` become message attributes (at most 10, non-empty values), of DataType
     String except the names in `NUMBER_ATTRIBUTES` (Number).
     `ack_token` is handed back to `on_ack` / in `PublishFailure` untouched (for example the offset).
+    `event_key` and `event_id` go into a claim-check pointer, so that a consumer can tell events
+    apart without reading the object.
     """
 
     body: str = field(repr=False)
@@ -172,11 +174,14 @@ class OutboundMessage:
     group_id: str
     dedup_id: str
     ack_token: Any = None
+    event_key: str = ""
+    event_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class PublishFailure:
-    """A message that is not in SQS and will not be retried. Never carries the body."""
+    """A message that is not in SQS and will not be retried. `body` is there to be parked, never
+    to be logged (it is left out of the repr)."""
 
     ack_token: Any
     dedup_id: str
@@ -184,6 +189,7 @@ class PublishFailure:
     code: str
     reason: str
     attempts: int
+    body: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,13 +281,18 @@ def claim_check_key(prefix: str, dedup_id: str) -> str:
     return f"{prefix}{dedup_id}.json"
 
 
-def claim_check_pointer(dedup_id: str, bucket: str, key: str, size: int) -> str:
-    """The SQS body that stands for a payload stored in S3."""
-    document = {
+def claim_check_pointer(
+    dedup_id: str, bucket: str, key: str, size: int, *, event_key: str = "", event_id: str = ""
+) -> str:
+    """The SQS body that stands for a payload stored in S3: the event's `eventKey` and `eventId`
+    (the deduplication id where they are not known) and where the payload is."""
+    document: dict[str, Any] = {
         "schemaVersion": CLAIM_CHECK_SCHEMA_VERSION,
-        "eventKey": dedup_id,
-        "claimCheck": {"bucket": bucket, "key": key, "bytes": size},
+        "eventKey": event_key or dedup_id,
     }
+    if event_id:
+        document["eventId"] = event_id
+    document["claimCheck"] = {"bucket": bucket, "key": key, "bytes": size}
     return json.dumps(document, separators=(",", ":"))
 
 
@@ -528,6 +539,11 @@ class SqsPublisher:
         return self._max_batch_bytes
 
     @property
+    def has_room(self) -> bool:
+        """Whether `submit()` would return without waiting for room."""
+        return self._outstanding < self._config.max_buffered
+
+    @property
     def buffered(self) -> int:
         """Messages submitted and not yet acknowledged, failed or abandoned."""
         return self._outstanding
@@ -727,7 +743,9 @@ class SqsPublisher:
 
     def _prepare(self, seq: int, message: OutboundMessage) -> Entry | PublishFailure:
         def refuse(code: str, reason: str) -> PublishFailure:
-            return PublishFailure(message.ack_token, message.dedup_id, message.group_id, code, reason, 0)
+            return PublishFailure(
+                message.ack_token, message.dedup_id, message.group_id, code, reason, 0, message.body
+            )
 
         attributes = message.attributes
         if len(attributes) > SQS_MAX_ATTRIBUTES:
@@ -749,7 +767,14 @@ class SqsPublisher:
             )
         payload = message.body.encode()
         key = claim_check_key(self._config.claim_check_prefix, message.dedup_id)
-        pointer = claim_check_pointer(message.dedup_id, bucket, key, len(payload))
+        pointer = claim_check_pointer(
+            message.dedup_id,
+            bucket,
+            key,
+            len(payload),
+            event_key=message.event_key,
+            event_id=message.event_id,
+        )
         pointer_size = message_size(pointer, attributes)
         if pointer_size > self._max_message_bytes:
             return refuse("MessageTooLarge", f"the claim-check message itself is {pointer_size} bytes")
@@ -982,9 +1007,9 @@ class SqsPublisher:
             return
         message = entry.message
         self._counters["failed"] += 1
-        log.error("publish failed: event_key=%s code=%s attempts=%d", message.dedup_id, code, entry.attempts)
+        log.error("publish failed: dedup_id=%s code=%s attempts=%d", message.dedup_id, code, entry.attempts)
         failure = PublishFailure(
-            message.ack_token, message.dedup_id, message.group_id, code, reason, entry.attempts
+            message.ack_token, message.dedup_id, message.group_id, code, reason, entry.attempts, message.body
         )
         self._call(self._on_failure, failure)
         self._settle(entry)

@@ -52,6 +52,7 @@ def event(
 ) -> CanonicalEvent:
     return CanonicalEvent(
         event_key=event_key,
+        event_id="stream:CHAIN:12:u-1",
         source="stream",
         chain_code="CHAIN",
         hotel_id=hotel,
@@ -60,6 +61,7 @@ def event(
         primary_key=key,
         offset="12",
         unique_event_id="u-1",
+        business_event_id=None,
         publisher_id="p",
         action_instance_id="a",
         occurred_at=WHEN,
@@ -353,7 +355,7 @@ def test_the_enriched_document_is_the_canonical_event_plus_three_fields() -> Non
     )
     message = enriched_message(raw, Fetched(ResourceStatus.NOT_FOUND, None, WHEN))
     assert message.attributes["resourceStatus"] == "not_found"
-    assert (message.group_id, message.dedup_id) == (raw.message_group_id(), raw.event_key)
+    assert (message.group_id, message.dedup_id) == (raw.message_group_id(), raw.deduplication_id())
 
 
 # -- a batch -------------------------------------------------------------------------------------

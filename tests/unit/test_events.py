@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from ohip_relay.events import (
     CanonicalEvent,
     MalformedEvent,
     canonical_module,
+    deduplication_id,
     event_key,
     from_poll,
     from_stream,
@@ -105,6 +107,7 @@ def test_body_is_compact_ascii_in_documented_order() -> None:
     assert list(json.loads(text)) == [
         "schemaVersion",
         "eventKey",
+        "eventId",
         "source",
         "chainCode",
         "hotelId",
@@ -113,6 +116,7 @@ def test_body_is_compact_ascii_in_documented_order() -> None:
         "primaryKey",
         "offset",
         "uniqueEventId",
+        "businessEventId",
         "publisherId",
         "actionInstanceId",
         "occurredAt",
@@ -190,7 +194,9 @@ def test_same_change_has_same_key_on_both_channels(stream_name: str, poll_index:
     streamed = from_stream(stream_event(stream_name), CHAIN, RELAYED)
     polled = from_poll(poll_item(poll_index), CHAIN, RELAYED + timedelta(minutes=5))
     assert streamed.event_key == polled.event_key
-    assert streamed.deduplication_id() == polled.deduplication_id()
+    # One change, two events of two sources: the content key matches them, their ids never do.
+    assert streamed.event_id != polled.event_id
+    assert streamed.deduplication_id() != polled.deduplication_id()
     assert streamed.message_group_id() == polled.message_group_id()
     assert streamed.occurred_at != polled.occurred_at  # milliseconds differ, the key does not
 
@@ -358,7 +364,12 @@ def test_poll_time_is_utc_by_default_and_zone_is_configurable() -> None:
 
 def test_poll_accepts_the_business_event_itself() -> None:
     item = poll_item(2)
-    assert from_poll(item["businessEvent"], CHAIN, RELAYED) == from_poll(item, CHAIN, RELAYED)
+    bare = from_poll(item["businessEvent"], CHAIN, RELAYED, stand_in_id="t1")
+    wrapped = from_poll(item, CHAIN, RELAYED)
+    assert dataclasses.replace(
+        bare, event_id=wrapped.event_id, business_event_id=wrapped.business_event_id
+    ) == (wrapped)
+    assert bare.event_id == f"poll:{CHAIN}:~t1"
 
 
 def test_poll_item_fields() -> None:
@@ -462,7 +473,7 @@ def test_group_and_dedup_ids_fit_sqs_limits() -> None:
     assert allowed.fullmatch(canonical.message_group_id())
     assert canonical.message_group_id().startswith("h-")
     assert allowed.fullmatch(canonical.deduplication_id())
-    assert canonical.deduplication_id() == canonical.event_key
+    assert canonical.deduplication_id() == deduplication_id(canonical.event_id)
     assert from_poll(poll_item(2), CHAIN, RELAYED).message_group_id() == "DEMO02:2241905"
 
 
@@ -477,7 +488,6 @@ PERSONAL = "Jane Testperson jane.testperson@example.com"
         (lambda e: e.pop("metadata"), "metadata"),
         (lambda e: e["metadata"].update(offset=PERSONAL), "metadata.offset"),
         (lambda e: e["metadata"].update(offset=None), "metadata.offset"),
-        (lambda e: e["metadata"].pop("uniqueEventId"), "metadata.uniqueEventId"),
         (lambda e: e.update(eventName=None), "eventName"),
         (lambda e: e.update(eventName={"name": PERSONAL}), "eventName"),
         (lambda e: e.update(primaryKey=[PERSONAL]), "primaryKey"),
