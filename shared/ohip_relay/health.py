@@ -3,10 +3,11 @@
 The stream consumer writes a heartbeat every few seconds (`state.Heartbeat`); the poll fallback reads
 it once per tick and decides with `decide()`:
 
-* the stream is **unhealthy** when its heartbeat is missing, older than `stale_seconds`, or its
-  state has not been `connected` for longer than `grace_seconds`. "Since when" comes from the
-  heartbeat's `last_frame_at` (the last sign of life on a connection) and from the fallback's own
-  record of the first tick that saw the stream not connected, whichever is earlier;
+* the stream is **unhealthy** when its heartbeat is missing, older than `stale_seconds`, says `failed` (the
+  consumer ended on an error) or `regressed` (it stopped streaming because OHIP's offsets went backwards),
+  or its state has not been `connected` for longer than `grace_seconds`. "Since when" comes from the
+  heartbeat's `last_frame_at` (the last sign of life on a connection) and from the fallback's own record of
+  the first tick that saw the stream not connected, whichever is earlier;
 * **hysteresis**: the fallback becomes active at the first tick that judges the stream unhealthy,
   and stays active until the stream has been judged healthy at every tick for `recover_seconds`.
   A single unhealthy tick during that period starts the count again.
@@ -17,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .state import FallbackRecord, Heartbeat, StreamState
+
+_UNHEALTHY_AT_ONCE = frozenset({StreamState.FAILED, StreamState.REGRESSED})
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ def judge_stream(
     if connected:
         return StreamHealth(True, "connected", None)
     assert down_since is not None
+    if heartbeat.state in _UNHEALTHY_AT_ONCE:  # no successor is on its way: no grace
+        return StreamHealth(False, str(heartbeat.state), down_since)
     down_for = now - down_since
     state = str(heartbeat.state)
     if down_for > thresholds.grace_seconds:

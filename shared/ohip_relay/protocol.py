@@ -23,6 +23,12 @@ Events the I/O layer acts on:
   checkpointed, so the replay brings them back.
 - `SubscriptionError` with `terminal=True` (an `error` message) ended the subscription; with
   `terminal=False` the server reported GraphQL errors in a `next` without an event.
+- `UnreadableEvent`: a `next` carried an event object whose offset is missing or outside the
+  documented form (digits, at most 20). Not a transport fault, and not an event the checkpoint
+  can name: the I/O layer parks the raw frame and reads on.
+- `OffsetRegression`: an event below the high-water mark (or at it, with another
+  `uniqueEventId`): OHIP's offsets went backwards, which inclusive replay never does. It is not
+  treated as a duplicate; the I/O layer stops reading and reports it (see stream.py).
 
 Frames queued by this core hold the OAuth token and, inbound, guests' personal data: never log
 them. Events keep the raw `newEvent` out of their `repr`.
@@ -86,7 +92,7 @@ NEW_EVENT_SELECTION: Final = (
 _CHAIN_CODE = re.compile(r"[A-Za-z0-9 _%#$&-]+")
 _DIGITS = re.compile(r"[0-9]+")
 _CHAIN_CODE_MAX = 20
-_OFFSET_MAX = 10
+_OFFSET_MAX = 20  # the schema's own scalar type name says 20 (ohip-api.md 1, "Subscribing")
 _HOTEL_CODE_MAX = 50
 _OFFSET_TYPES = frozenset({"highest"})
 
@@ -146,7 +152,7 @@ class SubscriptionInput:
     """`NewEventInput`, validated on construction (ohip-api.md 1, "Subscribing").
 
     - `chain_code`: required, 1-20 characters of letters, digits, space and `_%#$&-`.
-    - `offset`: 1-10 ASCII digits; replay starts *at* this offset (inclusive).
+    - `offset`: 1-20 ASCII digits, "0" included; replay starts *at* this offset (inclusive).
     - `offset_type`: only "highest" (start from the newest event; the server then ignores offset).
     - `hotel_code`: comma-separated hotel codes, 1-50 characters; a filter for debugging or a
       targeted replay only: the other hotels' events are not delivered.
@@ -308,6 +314,28 @@ class DuplicateSkipped(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class UnreadableEvent(Event):
+    """A `next` carried an event whose offset cannot be read (`reason` names what is wrong, never a
+    value). The subscription goes on; park the raw frame, it is not published."""
+
+    subscription_id: str
+    reason: str
+    frame_size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetRegression(Event):
+    """An event at `offset`, which is not above `high_water`: OHIP's offsets went backwards. Not
+    reported as `EventReceived` and not as `DuplicateSkipped`; the high-water mark is unchanged."""
+
+    subscription_id: str
+    offset: int
+    high_water: int
+    unique_event_id: str | None = None
+    frame_size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class SubscriptionError(Event):
     """GraphQL errors for our subscription. `terminal`: an `error` message, which ends the
     subscription; otherwise a `next` that carried `errors` and no event."""
@@ -417,9 +445,12 @@ class StreamProtocol:
       -> `ConnectionDead` with close code 1000.
 
     Replay de-duplication (ohip-api.md 1, "Subscribing": replay is inclusive): the high-water mark
-    starts at `resume_after` (the checkpoint, already published) and follows every event reported;
-    an event whose offset is not above it is `DuplicateSkipped`. Offsets are digit strings compared
-    as integers. The mark lives as long as this object, i.e. one connection; the I/O layer builds a
+    starts at `resume_after` (the checkpoint, already published; -1 when nothing is, so that offset
+    0 is new) and follows every event reported. An event *at* the mark is the inclusive replay of
+    the last handled event, `DuplicateSkipped`, unless its `uniqueEventId` differs from the one
+    seen at that offset on this connection; an event *below* the mark can only mean that OHIP
+    numbered its log again, and is an `OffsetRegression`. Offsets are digit strings compared as
+    integers. The mark lives as long as this object, i.e. one connection; the I/O layer builds a
     new core per connection from the stored checkpoint.
 
     Subscription ids are "1", "2", ... per connection (unique for the life of the stream, as the
@@ -474,6 +505,7 @@ class StreamProtocol:
         self._active_id: str | None = None
         self._finished_ids: set[str] = set()
         self._high_water: int | None = None
+        self._high_water_id: str | None = None  # the uniqueEventId seen at the high-water offset
         self._last_offset: int | None = None
 
     # -- read-only state --------------------------------------------------------------------
@@ -544,9 +576,10 @@ class StreamProtocol:
     ) -> str:
         """Queue `subscribe`; returns the subscription id.
 
-        `resume_after` is the checkpoint: the highest offset already published. When the input has
-        neither `offset` nor `offset_type`, the subscription asks the server to replay from that
-        very offset (inclusive), and the core reports that first, already published event as
+        `resume_after` is the checkpoint: the highest offset already published, or -1 when none is
+        but the log is to be read from offset 0. When the input has neither `offset` nor
+        `offset_type`, the subscription asks the server to replay from that very offset (inclusive;
+        "0" for -1), and the core reports that first, already published event as
         `DuplicateSkipped`. Asking for `resume_after + 1` instead would rely on how a gateway treats
         an offset that names no event, which the guide does not say.
 
@@ -564,10 +597,10 @@ class StreamProtocol:
                 f"wait {self._resubscribe_gap:g}s after complete"
             )
         if resume_after is not None:
-            if isinstance(resume_after, bool) or not isinstance(resume_after, int) or resume_after < 0:
-                raise ValueError("resume_after must be a non-negative integer offset")
+            if isinstance(resume_after, bool) or not isinstance(resume_after, int) or resume_after < -1:
+                raise ValueError("resume_after must be an integer offset, or -1 (nothing before 0)")
             if subscription.offset is None and subscription.offset_type is None:
-                subscription = replace(subscription, offset=str(resume_after))
+                subscription = replace(subscription, offset=str(max(0, resume_after)))
         if subscription_id is None:
             subscription_id = str(self._next_id)
             self._next_id += 1
@@ -576,6 +609,7 @@ class StreamProtocol:
         frame = subscribe(subscription_id, subscription)
         if resume_after is not None and (self._high_water is None or resume_after > self._high_water):
             self._high_water = resume_after
+            self._high_water_id = None
         self._outbox.append(frame)
         self._active_id = subscription_id
         self._state = State.SUBSCRIBED
@@ -759,19 +793,27 @@ class StreamProtocol:
             return [SubscriptionError(subscription_id, _error_list(errors), terminal=False)]
         if not isinstance(new_event, dict):
             raise _Violation("'next' without a data.newEvent object")
+        # From here on the frame is an event: what is wrong with it is data, not transport.
         metadata = new_event.get("metadata")
         if not isinstance(metadata, dict):
-            raise _Violation("event without a metadata object")
+            return [UnreadableEvent(subscription_id, "event without a metadata object", size)]
         offset_str = metadata.get("offset")
         if not isinstance(offset_str, str) or not _DIGITS.fullmatch(offset_str):
-            raise _Violation("event offset is not a string of digits")
+            return [UnreadableEvent(subscription_id, "event offset is not a string of digits", size)]
+        if len(offset_str) > _OFFSET_MAX:  # int() is never asked for a number it would refuse
+            return [UnreadableEvent(subscription_id, f"event offset longer than {_OFFSET_MAX} digits", size)]
         offset = int(offset_str)
         unique_event_id = metadata.get("uniqueEventId")
-        if not isinstance(unique_event_id, str):
-            unique_event_id = None  # a data problem for the normaliser, not a transport one
-        if self._high_water is not None and offset <= self._high_water:
-            return [DuplicateSkipped(offset, offset_str, unique_event_id, size)]
+        if not isinstance(unique_event_id, str) or not unique_event_id:
+            unique_event_id = None  # optional: the offset identifies the event
+        high_water = self._high_water
+        if high_water is not None and offset <= high_water:
+            known_id = self._high_water_id
+            if offset == high_water and (known_id is None or unique_event_id in (None, known_id)):
+                return [DuplicateSkipped(offset, offset_str, unique_event_id, size)]
+            return [OffsetRegression(subscription_id, offset, high_water, unique_event_id, size)]
         self._high_water = offset
+        self._high_water_id = unique_event_id
         self._last_offset = offset
         return [EventReceived(subscription_id, offset, offset_str, unique_event_id, new_event, size)]
 
@@ -843,6 +885,7 @@ __all__ = [
     "DuplicateSkipped",
     "Event",
     "EventReceived",
+    "OffsetRegression",
     "PingReceived",
     "PongReceived",
     "ProtocolStateError",
@@ -852,6 +895,7 @@ __all__ = [
     "SubscriptionCompleted",
     "SubscriptionError",
     "SubscriptionInput",
+    "UnreadableEvent",
     "app_key_hash",
     "classify_close",
     "classify_handshake_status",

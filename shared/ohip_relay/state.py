@@ -9,11 +9,14 @@ Item layout (DynamoDB types in brackets; times are epoch seconds with millisecon
 ``checkpoint#<chain>``
     ``offset`` [N]      the highest OHIP offset such that it and every event before it were
                         acknowledged by SQS; a restart subscribes from here. Only ever increases.
+                        -1: the log is read from offset 0 and nothing is handled yet (a stream
+                        whose first event is offset 0). At most 20 digits.
     ``owner`` [S]       who wrote it (task id / function name), for `ohip-relay status`.
     ``updatedAt`` [N]   when it was written.
 
 ``heartbeat#<chain>``
-    ``state`` [S]       connecting | connected | backoff | draining | stopped | failed (`StreamState`)
+    ``state`` [S]       standby | connecting | connected | backoff | draining | stopped | failed |
+                        regressed (`StreamState`)
     ``owner`` [S]       the consumer that wrote it.
     ``updatedAt`` [N]   when it was written; a heartbeat older than a few intervals means the
                         consumer is gone, whatever `state` says.
@@ -77,6 +80,9 @@ LEASE_PREFIX = "lease#"
 FALLBACK_PREFIX = "fallback#"
 FALLBACK_COUNTERS = ("activations", "fetched", "published", "discarded", "spilled", "malformed", "duplicates")
 
+#: -1 stands for "nothing handled, read from offset 0"; offsets have at most 20 digits.
+CHECKPOINT_MIN = -1
+CHECKPOINT_MAX = 10**20 - 1
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 _RETRYABLE_CODES = frozenset(
     {
@@ -110,8 +116,9 @@ class StreamState(StrEnum):
     CONNECTED = "connected"
     BACKOFF = "backoff"
     DRAINING = "draining"
-    STOPPED = "stopped"
-    FAILED = "failed"
+    STOPPED = "stopped"  # a planned stop (SIGTERM): a successor is expected within the grace period
+    FAILED = "failed"  # the consumer ended on an error: unhealthy at once
+    REGRESSED = "regressed"  # OHIP's offsets went backwards: streaming stopped until they move on
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,8 +214,20 @@ class StateStore:
         item = self._get("GetCheckpoint", CHECKPOINT_PREFIX)
         if item is None or "offset" not in item:
             return None
+        try:
+            offset = _int(item["offset"])
+        except (ValueError, OverflowError):  # more digits than int() reads, say
+            offset = CHECKPOINT_MAX + 1
+        if not CHECKPOINT_MIN <= offset <= CHECKPOINT_MAX:
+            raise StateStoreError(
+                f"{self.key(CHECKPOINT_PREFIX)} in {self._table} holds an offset outside the documented "
+                "form (-1, or up to 20 digits); correct or delete that item",
+                operation="GetCheckpoint",
+                code="InvalidCheckpoint",
+                retryable=False,
+            )
         return Checkpoint(
-            offset=_int(item["offset"]),
+            offset=offset,
             updated_at=_float(item.get("updatedAt")) or 0.0,
             owner=_str(item, "owner"),
         )
@@ -219,8 +238,8 @@ class StateStore:
         The comparison happens in DynamoDB (a conditional write on the Number `offset`), so two
         writers can never move the checkpoint backward, whatever order their writes arrive in.
         """
-        if offset < 0:
-            raise ValueError(f"offset must be non-negative, not {offset}")
+        if not CHECKPOINT_MIN <= offset <= CHECKPOINT_MAX:
+            raise ValueError(f"offset must be from -1 to 20 digits, not {offset}")
         written_at = time.time() if now is None else now
         return self._conditional_update(
             "AdvanceCheckpoint",

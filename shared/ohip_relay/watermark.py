@@ -7,7 +7,7 @@ crash replays from the checkpoint without losing anything in between.
 
 `OffsetWatermark` is pure (no I/O, no clock, no locks: use it from one thread / one event loop):
 
-    wm = OffsetWatermark(start_after=checkpoint)   # None when nothing is stored yet
+    wm = OffsetWatermark(start_after=checkpoint)   # None when nothing is stored yet; -1: before 0
     wm.track(101); wm.track(105); wm.track(230)    # in the order the stream delivers them
     wm.ack(105)                                    # value still the checkpoint: 101 is pending
     wm.ack(101)                                    # value == 105
@@ -25,9 +25,11 @@ from collections import deque
 class OffsetWatermark:
     """The highest offset such that it and every tracked offset below it are acknowledged.
 
-    `track(offset)` must be called in delivery order with strictly increasing offsets, each above
-    `start_after`; anything else is a caller bug and raises `ValueError` (after a reconnect that
-    replays offsets, drain the publisher and start a new watermark from the stored checkpoint).
+    `start_after` is the stored checkpoint: None when there is none, -1 when the log is read from offset 0
+    and nothing is handled yet (offsets start at 0). `track(offset)` must be called in delivery order with
+    strictly increasing non-negative offsets, each above `start_after`; anything else is a caller bug and
+    raises `ValueError` (after a reconnect that replays offsets, drain the publisher and start a new
+    watermark from the stored checkpoint).
     `ack(offset)` accepts tracked, not yet acknowledged offsets in any order; anything else raises
     `ValueError` (acknowledging twice would hide a lost message).
     """
@@ -35,8 +37,8 @@ class OffsetWatermark:
     __slots__ = ("_last_tracked", "_pending", "_start_after", "_unresolved", "_value")
 
     def __init__(self, start_after: int | None = None) -> None:
-        if start_after is not None and start_after < 0:
-            raise ValueError(f"start_after must be a non-negative offset, not {start_after}")
+        if start_after is not None and start_after < -1:
+            raise ValueError(f"start_after must be an offset or -1 (nothing before 0), not {start_after}")
         self._start_after = start_after
         self._value = start_after
         self._last_tracked = start_after

@@ -21,6 +21,7 @@ from ohip_relay.protocol import (
     DuplicateSkipped,
     Event,
     EventReceived,
+    OffsetRegression,
     PingReceived,
     PongReceived,
     ProtocolStateError,
@@ -30,6 +31,7 @@ from ohip_relay.protocol import (
     SubscriptionCompleted,
     SubscriptionError,
     SubscriptionInput,
+    UnreadableEvent,
     complete,
     connection_init,
     ping,
@@ -248,10 +250,18 @@ def test_chain_code_is_validated(chain_code: str) -> None:
         SubscriptionInput(chain_code)
 
 
-@pytest.mark.parametrize("offset", ["", "12a", "-1", "1" * 11, "12\n", "\u0661\u0662", " 12"])
-def test_offset_must_be_up_to_ten_ascii_digits(offset: str) -> None:
+@pytest.mark.parametrize("offset", ["", "12a", "-1", "1" * 21, "12\n", "\u0661\u0662", " 12"])
+def test_offset_must_be_up_to_twenty_ascii_digits(offset: str) -> None:
     with pytest.raises(ValueError, match="offset"):
         SubscriptionInput("C", offset=offset)
+
+
+@pytest.mark.parametrize("offset", ["0", "1" * 11, "9" * 20])
+def test_offsets_from_zero_to_twenty_digits_can_be_subscribed_from(offset: str) -> None:
+    # Finding 4 of issue 16: an 11-digit checkpoint made every subscribe raise (a crash loop).
+    core = acked()
+    core.send_subscribe(SubscriptionInput("CHAIN1"), 0.0, resume_after=int(offset))
+    assert f'offset: \\"{offset}\\"' in core.data_to_send()[0]
 
 
 def test_offset_type_accepts_only_highest() -> None:
@@ -370,12 +380,55 @@ def test_offsets_compare_as_integers_not_strings() -> None:
     assert core.last_offset == 10
 
 
-def test_an_offset_at_or_below_the_highest_seen_is_a_duplicate() -> None:
+def test_the_same_offset_again_is_a_duplicate() -> None:
     core = subscribed()
     assert isinstance(only(core.receive(next_frame("200"), 1.0)), EventReceived)
     assert isinstance(only(core.receive(next_frame("200"), 2.0)), DuplicateSkipped)
-    assert isinstance(only(core.receive(next_frame("150"), 3.0)), DuplicateSkipped)
+    assert isinstance(only(core.receive(next_frame("200", unique_event_id=None), 2.0)), DuplicateSkipped)
     assert core.high_water == 200
+
+
+def test_the_inclusive_replay_of_the_checkpoint_is_a_duplicate() -> None:
+    core = subscribed(resume_after=200)
+    assert isinstance(only(core.receive(next_frame("200", unique_event_id="any"), 1.0)), DuplicateSkipped)
+    assert isinstance(only(core.receive(next_frame("201"), 1.0)), EventReceived)
+
+
+def test_an_offset_below_the_highest_seen_is_a_regression_not_a_duplicate() -> None:
+    # Finding 9 of issue 16: offsets going backwards (a reset on OHIP's side) were skipped as
+    # duplicates while the heartbeat said "connected".
+    core = subscribed(resume_after=500)
+    event = only(core.receive(next_frame("150"), 3.0))
+    assert isinstance(event, OffsetRegression)
+    assert (event.offset, event.high_water) == (150, 500)
+    assert core.high_water == 500  # unchanged: what was handled stays handled
+    assert isinstance(only(core.receive(next_frame("501"), 4.0)), EventReceived)
+
+
+def test_the_same_offset_with_another_unique_event_id_is_a_regression() -> None:
+    core = subscribed()
+    assert isinstance(only(core.receive(next_frame("7", unique_event_id="a"), 1.0)), EventReceived)
+    assert isinstance(only(core.receive(next_frame("7", unique_event_id="b"), 2.0)), OffsetRegression)
+
+
+def test_offset_zero_is_an_event_when_nothing_is_handled() -> None:
+    # Finding 2 of issue 16: a log that starts at offset 0. resume_after=-1 subscribes from "0" and
+    # does not take the first event for the already handled one.
+    core = acked()
+    core.send_subscribe(SubscriptionInput("CHAIN1"), 0.0, resume_after=-1)
+    assert 'offset: \\"0\\"' in core.data_to_send()[0]
+    assert isinstance(only(core.receive(next_frame("0"), 1.0)), EventReceived)
+    assert isinstance(only(core.receive(next_frame("0"), 1.0)), DuplicateSkipped)
+
+
+def test_offset_zero_from_the_start_is_an_event() -> None:
+    assert isinstance(only(subscribed().receive(next_frame("0"), 1.0)), EventReceived)
+
+
+def test_a_twenty_digit_offset_is_an_event() -> None:
+    event = only(subscribed().receive(next_frame("9" * 20), 1.0))
+    assert isinstance(event, EventReceived)
+    assert event.offset == 10**20 - 1
 
 
 def test_a_missing_unique_event_id_is_left_to_the_normaliser() -> None:
@@ -419,18 +472,26 @@ def test_next_before_the_ack_is_a_violation() -> None:
     assert isinstance(only(started().receive(next_frame("1"), 1.0)), ProtocolViolation)
 
 
-@pytest.mark.parametrize("offset", [5, "", "5a", "\u0665", None, "jane@example.com"])
-def test_an_event_needs_a_digit_string_offset(offset: Any) -> None:
-    event = only(subscribed().receive(next_frame(offset), 1.0))
-    assert isinstance(event, ProtocolViolation)
+@pytest.mark.parametrize(
+    "offset", [5, "", "5a", "\u0665", None, "jane@example.com", "1" * 21, "9" * 5000, "-1"]
+)
+def test_an_event_without_a_readable_offset_is_unreadable_not_a_violation(offset: Any) -> None:
+    # Finding 4 of issue 16: over 4,300 digits int() raised outside the violation handling; any
+    # such event is data to park, not a reason to drop the connection (which would replay it).
+    core = subscribed()
+    event = only(core.receive(next_frame(offset), 1.0))
+    assert isinstance(event, UnreadableEvent)
     assert "offset" in event.reason
     assert "jane" not in event.reason  # never echo payload content
+    assert isinstance(only(core.receive(next_frame("3"), 1.0)), EventReceived)  # reading goes on
 
 
-@pytest.mark.parametrize(
-    "payload",
-    [None, [], {"data": None}, {"data": {"newEvent": None}}, {"data": {"newEvent": {"metadata": "x"}}}],
-)
+def test_an_event_without_metadata_is_unreadable() -> None:
+    text = json.dumps({"id": "1", "type": "next", "payload": {"data": {"newEvent": {"metadata": "x"}}}})
+    assert isinstance(only(subscribed().receive(text, 1.0)), UnreadableEvent)
+
+
+@pytest.mark.parametrize("payload", [None, [], {"data": None}, {"data": {"newEvent": None}}])
 def test_next_without_an_event_object_is_a_violation(payload: Any) -> None:
     text = json.dumps({"id": "1", "type": "next", "payload": payload})
     assert isinstance(only(subscribed().receive(text, 1.0)), ProtocolViolation)

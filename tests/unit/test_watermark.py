@@ -72,9 +72,19 @@ def test_offset_at_or_below_start_is_refused() -> None:
         wm.track(10)
 
 
-def test_negative_start_is_refused() -> None:
+def test_a_start_below_minus_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="-1"):
+        OffsetWatermark(-2)
+
+
+def test_a_log_read_from_offset_zero_starts_after_minus_one() -> None:
+    # Finding 2 of issue 16: a stream whose first event is offset 0 anchors at -1, so 0 is tracked.
+    wm = OffsetWatermark(-1)
+    wm.track(0)
+    assert wm.value == -1
+    assert wm.ack(0) == 0
     with pytest.raises(ValueError, match="non-negative"):
-        OffsetWatermark(-1)
+        OffsetWatermark(-1).track(-1)
 
 
 def test_unknown_or_double_ack_is_refused() -> None:
