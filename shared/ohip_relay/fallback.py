@@ -5,20 +5,36 @@ A tick:
 1. reads the stream's heartbeat and its own record (`fallback#<chain>`), decides with
    `health.decide` (staleness, grace, hysteresis) and persists the decision;
 2. re-delivers the pages that earlier ticks parked in S3 (`spill/<chain>/`) because SQS failed,
-   oldest first, deleting each one once SQS acknowledged all of it (whatever the stream's health:
-   these events were taken off OHIP's queue and exist nowhere else);
+   oldest first, whatever the stream's health (these events were taken off OHIP's queue and exist
+   nowhere else). A spilled page is deleted once each of its items is on the queue or parked, and
+   rewritten with what SQS did not take; only that (retryable SQS trouble) stops the tick;
 3. **fallback active** (stream unhealthy): drains the Poll API page by page (per hotel, round robin,
    when OHIP_HOTEL_IDS is set; else the external system's chain-wide queue) until it is empty or the
    remaining time falls below the safety margin. The Poll API removes what it returns, so every page
-   is handed on durably before the next one is requested: valid items are normalised, claimed in
-   the seen-set (known keys are duplicates and skipped), the fallback's mark
-   (`last_polled_occurred_at`) is raised, and the events are sent to SQS. What SQS does not
-   acknowledge is written to S3 as raw items (`spill/`) and the tick stops; malformed items are
-   reported, parked under `malformed/<chain>/` and skipped, their valid neighbours go on;
+   is handed on before the next one is requested, in this order:
+   a. normalise: each item becomes an event whose identity is its `businessEventId`
+      (`poll:<chain>:<id>`); an item without one gets a fresh stand-in id, which travels with it
+      into the spill. Items with the same identity within a page are sent once; nothing else is
+      ever merged (two items that look alike are two events). Items that cannot be read are
+      parked raw under `malformed/<chain>/` and counted;
+   b. send to SQS. An item refused for good (it cannot be encoded, it is too large without a
+      claim-check bucket, SQS answers a sender fault such as InvalidMessageContents) is parked
+      under `malformed/` too and counted; the rest of the page goes on;
+   c. what SQS did not take (retryable trouble) is written to the spill and the tick stops;
+   d. only then are the acknowledged events, and nothing else, recorded: `SeenSet.record` (the
+      poll copies the stream's replayed copies are matched against, once each) and the mark
+      `last_polled_occurred_at` (the stream looks up only events at or before it). Either failing is
+      a warning: the stream then publishes its copy too, a duplicate and never a loss;
 4. **fallback inactive** (stream healthy): drains the Poll API the same way and discards what it
    fetched (counts only). The stream delivers those changes and replays from its checkpoint after
    any outage; an undrained backlog would be published as a flood of stale duplicates at the
    start of the next outage. Bounded by `max_discard_pages` and the remaining time.
+
+A crash (the Lambda killed) at any point leaves each event a tick dequeued on the queue, in the
+spill, or unrecorded in the seen-set, so that `SeenSet.match` answers False for its stream copy
+and the stream publishes it on replay. Repeats of one poll event (a spill re-delivered after a
+crash) carry the same eventId, hence the same FIFO deduplication id, and record the same eventId
+again, which adds nothing: they never cancel a second stream copy.
 
 Any Poll API error (429, 5xx, timeouts, 4xx) ends the tick's polling: nothing was dequeued that we
 know of, and the next tick tries again. A tick never requests a page it could not hand on in time.
@@ -32,7 +48,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .events import CanonicalEvent, MalformedEvent, from_poll
+from .events import CanonicalEvent, MalformedEvent, business_event_id_of, from_poll
 from .health import FallbackDecision, HealthThresholds, decide
 from .poll import PollClient, PollError, PollResponseMalformed
 from .publish import (
@@ -71,7 +87,7 @@ log = logging.getLogger("ohip_relay.fallback")
 
 SPILL_PREFIX = "spill/"
 MALFORMED_PREFIX = "malformed/"
-SPILL_SCHEMA_VERSION = 1
+SPILL_SCHEMA_VERSION = 2  # 2 added `standInIds`; version 1 documents are still read
 
 
 class FallbackError(Exception):
@@ -152,23 +168,52 @@ class TickReport:
 # ---------------------------------------------------------------------------------------------
 # SQS: a small synchronous batch sender (the asyncio SqsPublisher's rules, without its loop)
 
+# Codes with which SQS refuses a request because of one message's content, never because of the
+# queue: such a request is sent again one message at a time, to find the message and let the rest go.
+MESSAGE_FAULT_CODES = frozenset({"InvalidMessageContents", "MessageTooLong", "BatchRequestTooLong"})
+
 
 @dataclass(frozen=True)
 class SendResult:
     acknowledged: list[int]  # indexes into the messages given, acknowledged by SQS
     unsent: list[int]  # not acknowledged (failed retryably, or not tried after a failure)
     code: str = ""  # the error that stopped the sending
-    rejected: list[int] = field(default_factory=list)  # refused for good (sender fault): never send again
+    rejected: list[int] = field(default_factory=list)  # refused for good: never send again
+    reasons: dict[int, str] = field(default_factory=dict)  # why each rejected message was refused
 
     @property
     def complete(self) -> bool:
         return not self.unsent
 
 
+class _Refused(Exception):
+    """One message can never be sent (its own fault): `code` says why."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+_Prepared = tuple[int, "SendMessageBatchRequestEntryTypeDef", int]  # (index, entry, size)
+
+
+@dataclass
+class _BatchOutcome:
+    acknowledged: list[int] = field(default_factory=list)
+    refused: dict[int, str] = field(default_factory=dict)
+    unsent: list[int] = field(default_factory=list)
+    code: str = ""
+
+
 class SqsBatchSender:
     """Sends messages in order, 10 per SendMessageBatch, stopping at the first batch SQS does not
     fully acknowledge after `attempts` tries (later messages are left unsent so that the caller can
-    park them in order). Oversize messages go to S3 as claim checks, as `SqsPublisher` does."""
+    park them in order). Oversize messages go to S3 as claim checks, as `SqsPublisher` does.
+
+    A message that can never be sent (it cannot be encoded, it is too large and there is no
+    claim-check bucket, SQS refuses it for good) is `rejected` on its own: the others go on. Only
+    trouble that may pass (SQS or S3 unavailable, throttled, the queue missing) leaves messages
+    `unsent`."""
 
     def __init__(
         self,
@@ -204,16 +249,32 @@ class SqsBatchSender:
     def send(self, messages: Sequence[OutboundMessage]) -> SendResult:
         if not messages:
             return SendResult([], [])
-        acknowledged: list[int] = []
         try:
             max_message, max_batch = self._limits()
-            entries = [self._entry(i, m, max_message) for i, m in enumerate(messages)]
         except Exception as exc:
             _, code, _ = classify_error(exc)
             log.error("SQS unavailable before sending %d message(s): %s", len(messages), code)
             return SendResult([], list(range(len(messages))), code)
-        batches: list[list[tuple[int, SendMessageBatchRequestEntryTypeDef, int]]] = []
-        for index, entry, size in entries:
+        reasons: dict[int, str] = {}
+        prepared: list[_Prepared] = []
+        held: list[int] = []  # from the first message whose claim check S3 did not take, in order
+        code = ""
+        for index, message in enumerate(messages):
+            try:
+                prepared.append(self._entry(index, message, max_message))
+            except _Refused as exc:
+                log.error("message %d can never be sent (%s)", index, exc.code)
+                reasons[index] = exc.code
+            except (ClientError, BotoCoreError) as exc:  # the claim-check upload: S3's trouble
+                _, code, _ = classify_error(exc)
+                log.warning("claim check not stored (%s): %d message(s) held", code, len(messages) - index)
+                held = list(range(index, len(messages)))
+                break
+            except Exception as exc:  # the message's own fault (a value that cannot be encoded...)
+                log.error("message %d cannot be prepared (%s)", index, type(exc).__name__)
+                reasons[index] = type(exc).__name__
+        batches: list[list[_Prepared]] = []
+        for index, entry, size in prepared:
             current = batches[-1] if batches else None
             if (
                 current is None
@@ -223,29 +284,33 @@ class SqsBatchSender:
                 batches.append([(index, entry, size)])
             else:
                 current.append((index, entry, size))
-        rejected: list[int] = []
+        acknowledged: list[int] = []
         for position, batch in enumerate(batches):
-            ok, refused, code = self._send_batch(batch)
-            acknowledged.extend(ok)
-            rejected.extend(refused)
-            if len(ok) + len(refused) < len(batch):
-                done = set(acknowledged) | set(rejected)
-                rest = [i for b in batches[position:] for i, _, _ in b if i not in done]
-                return SendResult(acknowledged, rest, code, rejected)
-        return SendResult(acknowledged, [], "", rejected)
+            outcome = self._send_batch(batch)
+            acknowledged.extend(outcome.acknowledged)
+            reasons.update(outcome.refused)
+            if outcome.unsent:
+                rest = outcome.unsent + [i for b in batches[position + 1 :] for i, _, _ in b] + held
+                return SendResult(sorted(acknowledged), sorted(rest), outcome.code, sorted(reasons), reasons)
+        return SendResult(sorted(acknowledged), held, code, sorted(reasons), reasons)
 
-    def _entry(
-        self, index: int, message: OutboundMessage, max_message: int
-    ) -> tuple[int, SendMessageBatchRequestEntryTypeDef, int]:
+    def _entry(self, index: int, message: OutboundMessage, max_message: int) -> _Prepared:
         body = message.body
         size = message_size(body, message.attributes)
         if size > max_message:
             if self._s3 is None or not self._bucket:
-                raise ValueError("message too large and no claim-check bucket")
+                raise _Refused("MessageTooLarge")
             payload = body.encode()
             key = claim_check_key(self._prefix, message.dedup_id)
             self._s3.put_object(Bucket=self._bucket, Key=key, Body=payload, ContentType="application/json")
-            body = claim_check_pointer(message.dedup_id, self._bucket, key, len(payload))
+            body = claim_check_pointer(
+                message.dedup_id,
+                self._bucket,
+                key,
+                len(payload),
+                event_key=message.event_key,
+                event_id=message.event_id,
+            )
             size = message_size(body, message.attributes)
         item: SendMessageBatchRequestEntryTypeDef = {"Id": str(index), "MessageBody": body}
         if message.attributes:
@@ -255,50 +320,92 @@ class SqsBatchSender:
             item["MessageDeduplicationId"] = message.dedup_id
         return index, item, size
 
-    def _send_batch(
-        self, batch: list[tuple[int, SendMessageBatchRequestEntryTypeDef, int]]
-    ) -> tuple[list[int], list[int], str]:
-        """(acknowledged, rejected for good, last error code) for one batch, with retries."""
-        pending = {str(index): entry for index, entry, _ in batch}
-        acknowledged: list[int] = []
-        rejected: list[int] = []
-        code = ""
+    def _send_batch(self, batch: list[_Prepared]) -> _BatchOutcome:
+        """One batch, with retries: what SQS acknowledged, refused for good, and left unsent."""
+        pending = {str(prepared[0]): prepared for prepared in batch}
+        out = _BatchOutcome()
         for attempt in range(self._attempts):
             if attempt:
                 self._sleep(self._retry_delay * 2 ** (attempt - 1))
             try:
                 response = self._sqs.send_message_batch(
-                    QueueUrl=self._queue_url, Entries=list(pending.values())
+                    QueueUrl=self._queue_url, Entries=[entry for _, entry, _ in pending.values()]
                 )
             except Exception as exc:
-                retryable, code, _ = classify_error(exc)
-                log.warning("SendMessageBatch of %d entries failed (%s)", len(pending), code)
-                if not retryable:
-                    break
-                continue
+                retryable, out.code, _ = classify_error(exc)
+                log.warning("SendMessageBatch of %d entries failed (%s)", len(pending), out.code)
+                if retryable:
+                    continue
+                if out.code in MESSAGE_FAULT_CODES:
+                    if len(pending) > 1:  # one of them spoilt the request: find it, send the others
+                        alone = self._one_by_one(list(pending.values()))
+                        out.acknowledged.extend(alone.acknowledged)
+                        out.refused.update(alone.refused)
+                        out.unsent, out.code = alone.unsent, alone.code
+                        return out
+                    log.error("SQS refused a message for good (%s)", out.code)
+                    out.refused.update((p[0], out.code) for p in pending.values())
+                    pending.clear()
+                break  # the queue's fault (missing, access denied...): not the messages'
             for ok in response.get("Successful", []):
                 if pending.pop(ok["Id"], None) is not None:
-                    acknowledged.append(int(ok["Id"]))
+                    out.acknowledged.append(int(ok["Id"]))
             for bad in response.get("Failed", []):
-                code = bad.get("Code") or "Unknown"
-                if bad.get("SenderFault") and code not in RETRYABLE_CODES and bad["Id"] in pending:
+                out.code = bad.get("Code") or "Unknown"
+                if bad.get("SenderFault") and out.code not in RETRYABLE_CODES and bad["Id"] in pending:
                     del pending[bad["Id"]]
-                    log.error("SQS refused a message for good (%s)", code)
-                    rejected.append(int(bad["Id"]))
+                    log.error("SQS refused a message for good (%s)", out.code)
+                    out.refused[int(bad["Id"])] = out.code
             if not pending:
                 break
-            log.warning("SendMessageBatch: %d entries not acknowledged (%s)", len(pending), code or "missing")
-        if pending and not code:
-            code = "NotAcknowledged"
-        return sorted(acknowledged), sorted(rejected), code
+            log.warning(
+                "SendMessageBatch: %d entries not acknowledged (%s)", len(pending), out.code or "missing"
+            )
+        out.unsent = [index for index, _, _ in pending.values()]
+        if out.unsent and not out.code:
+            out.code = "NotAcknowledged"
+        return out
+
+    def _one_by_one(self, entries: list[_Prepared]) -> _BatchOutcome:
+        out = _BatchOutcome()
+        for position, prepared in enumerate(entries):
+            single = self._send_batch([prepared])
+            out.acknowledged.extend(single.acknowledged)
+            out.refused.update(single.refused)
+            if single.unsent:  # trouble that may pass: this one and the rest wait, in order
+                out.unsent = single.unsent + [index for index, _, _ in entries[position + 1 :]]
+                out.code = single.code
+                break
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
 # S3: spilled pages and parked malformed items
 
+SpillEntry = tuple[Any, str | None]
+"""A spilled Poll API item and the stand-in id it is published under if it has no businessEventId."""
+
+
+class SpillUnreadable(ValueError):
+    """A spill object that is not a spill document. `body`: what it holds (park it, never log it)."""
+
+    def __init__(self, message: str, body: bytes) -> None:
+        super().__init__(message)
+        self.body = body
+
+
+def spill_stand_in(key: str, position: int) -> str:
+    """The stand-in id of the item at `position` of a spill document that recorded none (schema
+    version 1): derived from the object's key, so that every re-delivery of it uses the same."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"ohip-relay-spill:{key}#{position}").hex
+
 
 class SpillStore:
-    """Raw Poll API items parked in S3 (`spill/<chain>/`, `malformed/<chain>/`). Keys sort by time."""
+    """Raw Poll API items parked in S3 (`spill/<chain>/`, `malformed/<chain>/`). Keys sort by time.
+
+    A document: `{"schemaVersion": 2, "chainCode", "writtenAt", "reason", "items": [raw items],
+    "standInIds": [null or the stand-in id of the item at the same position]}`; version 1 (and a
+    parked document) has no `standInIds`."""
 
     def __init__(self, s3: S3Client, bucket: str, chain_code: str, *, clock: Callable[[], float] = time.time):
         self._s3 = s3
@@ -313,14 +420,18 @@ class SpillStore:
     def _new_key(self, prefix: str) -> str:
         return f"{prefix}{int(self._clock() * 1000):015d}-{uuid.uuid4().hex}.json"
 
-    def _put(self, key: str, items: Sequence[Any], reason: str) -> None:
-        document = {
+    def _put(
+        self, key: str, items: Sequence[Any], reason: str, stand_ins: Sequence[str | None] | None = None
+    ) -> None:
+        document: dict[str, Any] = {
             "schemaVersion": SPILL_SCHEMA_VERSION,
             "chainCode": self._chain,
             "writtenAt": datetime.fromtimestamp(self._clock(), UTC).isoformat(),
             "reason": reason,
             "items": list(items),
         }
+        if stand_ins is not None:
+            document["standInIds"] = list(stand_ins)
         self._s3.put_object(
             Bucket=self._bucket,
             Key=key,
@@ -328,13 +439,13 @@ class SpillStore:
             ContentType="application/json",
         )
 
-    def spill(self, items: Sequence[Any], reason: str) -> str:
+    def spill(self, entries: Sequence[SpillEntry], reason: str) -> str:
         key = self._new_key(self.spill_prefix)
-        self._put(key, items, reason)
+        self.rewrite(key, entries, reason)
         return key
 
-    def rewrite(self, key: str, items: Sequence[Any], reason: str) -> None:
-        self._put(key, items, reason)
+    def rewrite(self, key: str, entries: Sequence[SpillEntry], reason: str) -> None:
+        self._put(key, [raw for raw, _ in entries], reason, [stand_in for _, stand_in in entries])
 
     def park_malformed(self, items: Sequence[Any], reason: str) -> str:
         key = self._new_key(f"{MALFORMED_PREFIX}{self._chain}/")
@@ -354,13 +465,24 @@ class SpillStore:
                 return sorted(keys)
             token = response.get("NextContinuationToken")
 
-    def load(self, key: str) -> list[Any]:
+    def load(self, key: str) -> list[SpillEntry]:
+        """The items of a spill document, each with the stand-in id to publish it under if it has no
+        businessEventId. Raises `SpillUnreadable` for an object that is not a spill document."""
         body = self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read()
-        document = json.loads(body)
+        try:
+            document = json.loads(body)
+        except ValueError:
+            raise SpillUnreadable(f"spill object {key} is not JSON", body) from None
         items = document.get("items") if isinstance(document, dict) else None
         if not isinstance(items, list):
-            raise ValueError(f"spill object {key} has no items list")
-        return items
+            raise SpillUnreadable(f"spill object {key} has no items list", body)
+        stored = document.get("standInIds")
+        if not isinstance(stored, list) or len(stored) != len(items):
+            stored = [None] * len(items)
+        return [
+            (item, given if isinstance(given, str) and given else spill_stand_in(key, position))
+            for position, (item, given) in enumerate(zip(items, stored, strict=True))
+        ]
 
     def delete(self, key: str) -> None:
         self._s3.delete_object(Bucket=self._bucket, Key=key)
@@ -377,7 +499,19 @@ def outbound(event: CanonicalEvent) -> OutboundMessage:
         attributes=event.attribute_values(),
         group_id=event.message_group_id(),
         dedup_id=event.deduplication_id(),
+        event_key=event.event_key,
+        event_id=event.event_id,
     )
+
+
+def _lacks_business_event_id(item: object) -> bool:
+    """An item that `from_poll` can publish only under a stand-in id (a bad id stays malformed)."""
+    if not isinstance(item, Mapping):
+        return False
+    try:
+        return business_event_id_of(item) is None
+    except MalformedEvent:
+        return False
 
 
 class _StopTick(Exception):
@@ -386,10 +520,26 @@ class _StopTick(Exception):
         self.ended = ended
 
 
+@dataclass(frozen=True)
+class _Item:
+    raw: Any
+    stand_in: str | None  # the stand-in id it is published under (no businessEventId), else None
+    event: CanonicalEvent
+
+
 @dataclass
 class _Page:
-    events: list[tuple[Any, CanonicalEvent]]  # (raw item, event), valid ones
-    malformed: list[tuple[Any, str]]  # (raw item, field)
+    events: list[_Item]  # valid, one per eventId, in page order
+    malformed: list[tuple[Any, str]]  # (raw item, field or reason)
+    repeats: int = 0  # items whose eventId an earlier item of the page had
+
+
+@dataclass
+class _Delivery:
+    acknowledged: list[_Item]  # on the queue
+    unsent: list[_Item]  # SQS failed retryably: for the spill
+    code: str  # why they are unsent
+    unparked: list[SpillEntry]  # to be parked, but S3 refused: kept in the spill instead
 
 
 class PollFallback:
@@ -495,33 +645,39 @@ class PollFallback:
         for key in keys:
             self._time_left(remaining)
             try:
-                items = self.spill.load(key)
-            except (ClientError, BotoCoreError, ValueError) as exc:
-                self._error(report, f"cannot read spilled page {key} ({type(exc).__name__})")
+                entries = self.spill.load(key)
+            except SpillUnreadable as exc:
+                # Poison at the document level: parked as it is, so that it never blocks the spill.
+                if not self._park_body(report, exc.body, str(exc)):
+                    raise _StopTick("spill-store-error") from exc
+                entries = []
+            except (ClientError, BotoCoreError) as exc:
+                self._error(report, f"cannot read spilled page {key} ({classify_error(exc)[1]})")
                 raise _StopTick("spill-store-error") from exc
-            page = self._normalise(items)
-            self._report_malformed(report, page, key)
-            # Already claimed when first fetched: no seen-set here, or they would be suppressed.
-            result = self.sender.send([outbound(event) for _, event in page.events])
-            self._park_rejected(report, [page.events[i][0] for i in result.rejected], result.code)
-            delivered = len(result.acknowledged)
-            report.published += delivered
-            report.redelivered += delivered
-            self.telemetry.count(Metric.POLL_EVENTS_PUBLISHED, delivered)
+            delivery = self._deliver(report, entries, key)
+            report.redelivered += len(delivery.acknowledged)
+            left = [(item.raw, item.stand_in) for item in delivery.unsent] + delivery.unparked
             try:
-                if result.complete:
+                if left:
+                    self.spill.rewrite(key, left, delivery.code if delivery.unsent else "not parked")
+                else:
                     self.spill.delete(key)
                     report.spills_pending -= 1
-                    log.info("spilled page %s re-delivered (%d events)", key, delivered)
-                    continue
-                left = [page.events[i][0] for i in result.unsent]
-                self.spill.rewrite(key, left, result.code)
             except (ClientError, BotoCoreError) as exc:
                 # The object still holds (a superset of) what is not delivered: duplicates, not loss.
+                self._record(delivery.acknowledged)
                 self._error(report, f"cannot update spilled page {key} ({classify_error(exc)[1]})")
                 raise _StopTick("spill-store-error") from exc
-            self._error(report, f"SQS did not take spilled page {key} ({result.code}); {len(left)} left")
-            raise _StopTick("sqs-error")
+            self._record(delivery.acknowledged)
+            if delivery.unsent:
+                self._error(
+                    report, f"SQS did not take spilled page {key} ({delivery.code}); {len(left)} left"
+                )
+                raise _StopTick("sqs-error")
+            if delivery.unparked:
+                self._error(report, f"spilled page {key}: {len(left)} item(s) could not be parked")
+                raise _StopTick("spill-store-error")
+            log.info("spilled page %s re-delivered (%d events)", key, len(delivery.acknowledged))
 
     # -- draining ---------------------------------------------------------------------------------
 
@@ -557,117 +713,140 @@ class PollFallback:
                     )
         report.ended = "empty"
 
-    def _normalise(self, items: Sequence[Any]) -> _Page:
+    def _hand_on(self, report: TickReport, items: Sequence[Any]) -> None:
+        """Make one fetched page durable (on the queue, parked, or in the spill), then record what
+        SQS acknowledged. Raises `_StopTick` when something had to be spilled."""
+        delivery = self._deliver(report, [(raw, None) for raw in items], "the Poll API")
+        left = [(item.raw, item.stand_in) for item in delivery.unsent] + delivery.unparked
+        key = ""
+        failure: Exception | None = None
+        if left:
+            try:
+                key = self.spill.spill(left, delivery.code if delivery.unsent else "not parked")
+            except (ClientError, BotoCoreError) as exc:
+                failure = exc
+        self._record(delivery.acknowledged)  # last: nothing is recorded before SQS has it
+        if failure is not None:
+            ids = ", ".join(item.event.event_id for item in delivery.unsent)
+            log.critical(
+                "%d polled items could be neither sent to SQS (%s) nor spilled to S3 (%s): event ids %s",
+                len(left),
+                delivery.code or "-",
+                classify_error(failure)[1],
+                ids or "-",
+            )
+            self._error(report, "spill failed")
+            raise FallbackError(f"{len(left)} polled items could be neither sent nor spilled") from failure
+        if not left:
+            return
+        report.spilled += len(left)
+        report.spills_pending += 1
+        self.telemetry.count(Metric.POLL_SPILLED, len(left))
+        if delivery.unsent:
+            self._error(report, f"SQS did not take {len(left)} item(s) ({delivery.code}); spilled to {key}")
+            raise _StopTick("sqs-error")
+        self._error(report, f"{len(left)} item(s) could not be parked; spilled to {key}")
+        raise _StopTick("spill-store-error")
+
+    # -- one page ---------------------------------------------------------------------------------
+
+    def _normalise(self, entries: Sequence[SpillEntry]) -> _Page:
         relayed_at = datetime.fromtimestamp(self.clock(), UTC)
         page = _Page([], [])
-        for item in items:
+        ids: set[str] = set()
+        for raw, given in entries:
+            # The identity of an item without businessEventId: its spilled stand-in, else a new one.
+            stand_in = (given or uuid.uuid4().hex) if _lacks_business_event_id(raw) else None
             try:
-                page.events.append((item, from_poll(item, self.chain_code, relayed_at)))
+                event = from_poll(raw, self.chain_code, relayed_at, stand_in_id=stand_in)
             except MalformedEvent as exc:
-                page.malformed.append((item, exc.field))
+                page.malformed.append((raw, exc.field))
+                continue
+            except Exception as exc:  # anything else the item can make go wrong: never fatal
+                page.malformed.append((raw, f"unreadable ({type(exc).__name__})"))
+                continue
+            if event.event_id in ids:
+                page.repeats += 1  # the same event twice: sent once (identity, never content)
+                continue
+            ids.add(event.event_id)
+            page.events.append(_Item(raw, stand_in, event))
         return page
 
-    def _report_malformed(self, report: TickReport, page: _Page, where: str) -> None:
-        if not page.malformed:
+    def _deliver(self, report: TickReport, entries: Sequence[SpillEntry], where: str) -> _Delivery:
+        """Normalise a page, park what is malformed, send the rest, park what SQS refused for good.
+        Records nothing: the caller first makes the unsent part durable."""
+        page = self._normalise(entries)
+        unparked: list[SpillEntry] = []
+        if page.malformed:
+            fields = sorted({name for _, name in page.malformed})
+            raws = [raw for raw, _ in page.malformed]
+            if not self._park(report, raws, "malformed: " + ", ".join(fields), where):
+                unparked.extend((raw, None) for raw in raws)
+        if page.repeats:
+            report.duplicates += page.repeats
+            self.telemetry.count(Metric.DUPLICATES_SUPPRESSED, page.repeats)
+        ready: list[_Item] = []
+        messages: list[OutboundMessage] = []
+        refused: list[tuple[_Item, str]] = []
+        for item in page.events:
+            try:
+                messages.append(outbound(item.event))
+            except Exception as exc:  # a value the message cannot carry: poison, never fatal
+                refused.append((item, type(exc).__name__))
+                continue
+            ready.append(item)
+        result = self.sender.send(messages)
+        refused.extend((ready[i], result.reasons.get(i) or result.code or "Refused") for i in result.rejected)
+        if refused:
+            codes = sorted({code for _, code in refused})
+            self._error(report, f"{len(refused)} event(s) can never be sent ({', '.join(codes)})")
+            raws = [item.raw for item, _ in refused]
+            if not self._park(report, raws, "refused: " + ", ".join(codes), where):
+                unparked.extend((item.raw, item.stand_in) for item, _ in refused)
+        acknowledged = [ready[i] for i in result.acknowledged]
+        report.published += len(acknowledged)
+        self.telemetry.count(Metric.POLL_EVENTS_PUBLISHED, len(acknowledged))
+        return _Delivery(acknowledged, [ready[i] for i in result.unsent], result.code, unparked)
+
+    def _record(self, acknowledged: Sequence[_Item]) -> None:
+        """Tell the stream what is on the queue: the seen-set, then the mark. Failures are warnings
+        (the stream then publishes its copies too: duplicates, never a loss)."""
+        if not acknowledged:
             return
-        report.malformed += len(page.malformed)
-        self.telemetry.count(Metric.MALFORMED_EVENTS, len(page.malformed))
-        fields = sorted({name for _, name in page.malformed})
-        log.warning(
-            "skipped %d malformed poll item(s) (fields: %s) from %s",
-            len(page.malformed),
-            ", ".join(fields),
-            where,
-        )
         try:
-            key = self.spill.park_malformed(
-                [raw for raw, _ in page.malformed], "malformed: " + ", ".join(fields)
-            )
-            log.warning("malformed poll items parked in s3 %s", key)
-        except (ClientError, BotoCoreError) as exc:
-            self._error(
-                report, f"cannot park {len(page.malformed)} malformed item(s) ({classify_error(exc)[1]})"
-            )
-
-    def _park_body(self, report: TickReport, body: bytes, reason: str) -> None:
-        report.malformed += 1
-        self.telemetry.count(Metric.MALFORMED_EVENTS)
-        self._error(report, reason)
-        try:
-            key = self.spill.park_malformed([body.decode("utf-8", "replace")], reason)
-            log.warning("malformed Poll API answer parked in s3 %s", key)
-        except (ClientError, BotoCoreError) as exc:
-            self._error(report, f"cannot park a malformed Poll API answer ({classify_error(exc)[1]})")
-
-    def _park_rejected(self, report: TickReport, items: list[Any], code: str) -> None:
-        """Events SQS refused for good (a sender fault): parked beside the malformed ones, so that
-        they neither block the spill nor vanish."""
-        if not items:
-            return
-        self._error(report, f"SQS refused {len(items)} event(s) for good ({code})")
-        try:
-            key = self.spill.park_malformed(items, f"refused by SQS: {code}")
-            log.error("events refused by SQS parked in s3 %s", key)
-        except (ClientError, BotoCoreError) as exc:
-            self._error(report, f"cannot park {len(items)} refused event(s) ({classify_error(exc)[1]})")
-
-    def _hand_on(self, report: TickReport, items: Sequence[Any]) -> None:
-        """Make one fetched page durable: on the queue, or in the spill. Raises `_StopTick`."""
-        page = self._normalise(items)
-        self._report_malformed(report, page, "the Poll API")
-        # One event per key within the page, then the seen-set decides.
-        unique: dict[str, tuple[Any, CanonicalEvent]] = {}
-        for raw, event in page.events:
-            unique.setdefault(event.event_key, (raw, event))
-        repeated = len(page.events) - len(unique)
-        try:
-            new = self.seen.claim(unique)
+            self.seen.record((item.event.event_key, item.event.event_id) for item in acknowledged)
         except SeenSetUnavailable as exc:
             log.warning(
-                "seen-set unavailable (%s) for %d of %d events: publishing them anyway",
+                "seen-set unavailable (%s): %d of %d published event(s) may not be recorded; "
+                "the stream publishes its copies too",
                 exc.code,
                 len(exc.unknown),
-                len(unique),
+                len(acknowledged),
             )
-            new = exc.claimed | exc.unknown
-        fresh = [pair for key, pair in unique.items() if key in new]
-        duplicates = repeated + len(unique) - len(fresh)
-        if duplicates:
-            report.duplicates += duplicates
-            self.telemetry.count(Metric.DUPLICATES_SUPPRESSED, duplicates)
-        if not fresh:
-            return
-        newest = max(event.occurred_at for _, event in fresh)
+        newest = max(item.event.occurred_at for item in acknowledged)
         try:
             self.state.advance_fallback_mark(newest)
         except StateStoreError as exc:
             # The stream may then not look these up in the seen-set: duplicates, never loss.
             log.warning("cannot raise the fallback mark (%s)", exc.code)
-        result = self.sender.send([outbound(event) for _, event in fresh])
-        self._park_rejected(report, [fresh[i][0] for i in result.rejected], result.code)
-        report.published += len(result.acknowledged)
-        self.telemetry.count(Metric.POLL_EVENTS_PUBLISHED, len(result.acknowledged))
-        if result.complete:
-            return
-        left = [fresh[i][0] for i in result.unsent]
+
+    def _park(self, report: TickReport, items: list[Any], reason: str, where: str) -> bool:
+        """Park raw items under `malformed/` and count them; False when S3 did not take them."""
+        report.malformed += len(items)
+        self.telemetry.count(Metric.MALFORMED_EVENTS, len(items))
+        log.warning("%d poll item(s) from %s cannot be published (%s)", len(items), where, reason)
         try:
-            key = self.spill.spill(left, result.code)
+            key = self.spill.park_malformed(items, reason)
         except (ClientError, BotoCoreError) as exc:
-            keys = ", ".join(fresh[i][1].event_key for i in result.unsent)
-            log.critical(
-                "%d polled events could be neither sent to SQS (%s) nor spilled to S3 (%s): event keys %s",
-                len(left),
-                result.code,
-                classify_error(exc)[1],
-                keys,
-            )
-            self._error(report, "spill failed")
-            raise FallbackError(f"{len(left)} polled events could be neither sent nor spilled") from exc
-        report.spilled += len(left)
-        report.spills_pending += 1
-        self.telemetry.count(Metric.POLL_SPILLED, len(left))
-        self._error(report, f"SQS did not take {len(left)} event(s) ({result.code}); spilled to {key}")
-        raise _StopTick("sqs-error")
+            self._error(report, f"cannot park {len(items)} item(s) ({classify_error(exc)[1]})")
+            return False
+        log.warning("poll item(s) parked in s3 %s", key)
+        return True
+
+    def _park_body(self, report: TickReport, body: bytes, reason: str) -> bool:
+        """Park a Poll API answer or a spill object that is not what it should be."""
+        self._error(report, reason)
+        return self._park(report, [body.decode("utf-8", "replace")], reason, "an unreadable document")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,65 +1,70 @@
-"""The seen-set: which event keys have already been handed to SQS, in the state table.
+"""The seen-set: which changes the poll fallback published, so that the stream's replay of the same
+changes can be recognised, each poll copy cancelling at most one stream copy ("match once").
 
-One item per event key, ``seen#<eventKey>``, with ``expiresAt`` (the table's TTL attribute) set to
-`ttl_days` after the claim; `ttl_days` must exceed OHIP's 7-day retention, so that no replay can
-bring an event back after its entry expired. DynamoDB deletes expired items within a day or two;
-until then an expired item is treated as absent.
+One item per content key (`events.CanonicalEvent.event_key`), ``seen#<eventKey>``:
 
-* `claim(keys)` (the poll fallback, before publishing): one conditional PutItem per key
-  (`attribute_not_exists`), run in parallel on a small thread pool; returns the keys that were new.
-  A key already present was claimed before: its event is a duplicate. Each call writes a token of
-  its own into its items and its condition also passes on that token, so that botocore retrying
-  a write that went through but answered with an error (a 5xx after the write, a lost response)
-  finds its own claim and still counts the key as new. Without it the retry's
-  ConditionalCheckFailed made the fallback drop an event that nobody had published (chaos seed
-  487), and the stream then skipped it too, as "already published by the fallback".
-* `contains(keys)` (the stream consumer, for replayed events the fallback may have published):
-  BatchGetItem, 100 keys per call, strongly consistent; returns the keys present.
+``polled`` [SS]     the `eventId`s of the poll copies the fallback published with this key: added
+                    by `record` only after SQS acknowledged them (never before: an event the
+                    fallback dequeued but could not hand on must reach the queue by the stream).
+``matched`` [SS]    the `eventId`s of the stream events suppressed against them (`match`).
+``expiresAt`` [N]   the table's TTL attribute, `ttl_days` after the last `record`; `ttl_days` must
+                    exceed OHIP's 7-day retention, so that no replay can bring an event back after
+                    its entry expired. DynamoDB deletes expired items within a day or two; until then
+                    an expired item matches nothing.
 
-Cost per event: a claim is one write request unit (the item is well under 1 KB); a lookup is one
-read request unit per key (strongly consistent, under 4 KB). Nothing here runs on the stream's hot
-path unless the stream asks.
+Why sets, and not one flag per key: the content key is the same for two changes that look alike
+(the same field set, cleared and set again within one second). A flag would let one poll copy
+suppress both stream copies, and the second change would be lost. With the sets, a stream event
+is suppressed only while the key has more poll copies than matched stream events, or when this
+very stream event was matched before (a second replay of it): `|matched| <= |polled|` always, so
+the queue carries at least as many copies of each content as OHIP produced events with it.
 
-Errors: `SeenSetUnavailable` when DynamoDB cannot answer for some keys; it carries what is known
-(`claimed`: keys confirmed new, `unknown`: keys whose fate is unknown) so that the caller can choose
-at-least-once (publish them anyway) over loss.
+* `record(copies)` (the poll fallback, after SQS acknowledged): one UpdateItem per key, ``ADD``
+  to ``polled`` (idempotent: a retried request adds nothing twice), run in parallel on a small
+  thread pool.
+* `match(key, stream_event_id)` (the stream consumer, for replayed events the fallback may have
+  published): one conditional UpdateItem that adds the stream event to ``matched`` only if the
+  rule above allows it; True means "suppress". Idempotent too: botocore retrying a write that went
+  through finds the stream event in ``matched`` and still answers True.
+
+Cost: a record is one write request unit per published poll event (items stay well under 1 KB);
+a match is one write request unit per replayed stream event that occurred at or before the
+fallback's mark (`state.FallbackRecord.last_polled_occurred_at`), and nothing otherwise.
+
+Errors: `SeenSetUnavailable` when DynamoDB cannot answer; `unknown` holds the keys whose fate is
+unknown, so that callers choose a duplicate (publish anyway; record later) over a loss.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
-    from mypy_boto3_dynamodb.type_defs import KeysAndAttributesTypeDef
 
 SEEN_PREFIX = "seen#"
 TTL_ATTRIBUTE = "expiresAt"
 DEFAULT_TTL_DAYS = 8.0
-BATCH_GET_LIMIT = 100
 _CONDITION_FAILED = "ConditionalCheckFailedException"
-_MAX_UNPROCESSED_ROUNDS = 5
 
 
 class SeenSetUnavailable(Exception):
-    """DynamoDB did not answer for some keys. `claimed`: keys known to be new (claimed now);
-    `unknown`: keys that may or may not have been seen before."""
+    """DynamoDB did not answer for some keys. `unknown`: the keys whose outcome is unknown."""
 
-    def __init__(self, message: str, *, claimed: set[str], unknown: set[str], code: str) -> None:
+    def __init__(self, message: str, *, unknown: set[str], code: str) -> None:
         super().__init__(message)
-        self.claimed = claimed
         self.unknown = unknown
         self.code = code
 
 
 class SeenSet:
-    """Event keys already handed on, with a TTL (see the module docstring). Thread-safe."""
+    """Poll copies published and stream copies matched, per content key (see the module
+    docstring). Thread-safe."""
 
     def __init__(
         self,
@@ -84,115 +89,94 @@ class SeenSet:
     def item_key(event_key: str) -> str:
         return f"{SEEN_PREFIX}{event_key}"
 
-    def claim(self, keys: Iterable[str]) -> set[str]:
-        """Record `keys` as seen; return those that were not seen before (their events are new).
+    def record(self, copies: Iterable[tuple[str, str]]) -> None:
+        """Record poll copies SQS acknowledged: (content key, poll `eventId`) pairs.
 
-        Raises `SeenSetUnavailable` when some keys could not be decided (see its attributes).
+        Raises `SeenSetUnavailable` naming the keys that may not be recorded (their stream copies
+        are then published too: a duplicate, never a loss).
         """
-        unique = list(dict.fromkeys(keys))
-        if not unique:
-            return set()
+        by_key: dict[str, set[str]] = {}
+        for key, event_id in copies:
+            by_key.setdefault(key, set()).add(event_id)
+        if not by_key:
+            return
         now = self._clock()
         expires = f"{int(now + self._ttl)}"
-        claimed_at = f"{now:.3f}"
-        token = uuid.uuid4().hex  # this call's: a retried request of this call passes the condition
 
-        def one(key: str) -> bool | ClientError | BotoCoreError:
+        def one(item: tuple[str, set[str]]) -> ClientError | BotoCoreError | None:
+            key, ids = item
             try:
-                self._ddb.put_item(
+                self._ddb.update_item(
                     TableName=self._table,
-                    Item={
-                        "pk": {"S": self.item_key(key)},
-                        "kind": {"S": "seen"},
-                        TTL_ATTRIBUTE: {"N": expires},
-                        "claimedAt": {"N": claimed_at},
-                        "claimToken": {"S": token},
+                    Key={"pk": {"S": self.item_key(key)}},
+                    UpdateExpression="ADD #polled :ids SET #ttl = :expires, #kind = :kind",
+                    ExpressionAttributeNames={"#polled": "polled", "#ttl": TTL_ATTRIBUTE, "#kind": "kind"},
+                    ExpressionAttributeValues={
+                        ":ids": {"SS": sorted(ids)},
+                        ":expires": {"N": expires},
+                        ":kind": {"S": "seen"},
                     },
-                    # An expired item that DynamoDB has not deleted yet counts as absent; an item
-                    # holding this call's token is this call's own earlier attempt.
-                    ConditionExpression="attribute_not_exists(pk) OR #ttl < :now OR #token = :token",
-                    ExpressionAttributeNames={"#ttl": TTL_ATTRIBUTE, "#token": "claimToken"},
-                    ExpressionAttributeValues={":now": {"N": f"{int(now)}"}, ":token": {"S": token}},
                 )
-            except ClientError as exc:
-                if _code(exc) == _CONDITION_FAILED:
-                    return False
+            except (ClientError, BotoCoreError) as exc:
                 return exc
-            except BotoCoreError as exc:
-                return exc
-            return True
+            return None
 
-        if len(unique) == 1:
-            outcomes = [one(unique[0])]
+        items = list(by_key.items())
+        if len(items) == 1:
+            outcomes = [one(items[0])]
         else:
             with ThreadPoolExecutor(
-                max_workers=min(self._max_workers, len(unique)), thread_name_prefix="seen-claim"
+                max_workers=min(self._max_workers, len(items)), thread_name_prefix="seen-record"
             ) as pool:
-                outcomes = list(pool.map(one, unique))
-        new = {key for key, outcome in zip(unique, outcomes, strict=True) if outcome is True}
-        errors = [(key, o) for key, o in zip(unique, outcomes, strict=True) if not isinstance(o, bool)]
+                outcomes = list(pool.map(one, items))
+        errors = [(key, exc) for (key, _), exc in zip(items, outcomes, strict=True) if exc is not None]
         if errors:
             code = _describe(errors[0][1])
             raise SeenSetUnavailable(
-                f"DynamoDB PutItem on {self._table} failed for {len(errors)} of {len(unique)} keys ({code})",
-                claimed=new,
+                f"DynamoDB UpdateItem on {self._table} failed for {len(errors)} of {len(items)} keys "
+                f"({code})",
                 unknown={key for key, _ in errors},
                 code=code,
             )
-        return new
 
-    def contains(self, keys: Iterable[str]) -> set[str]:
-        """The keys among `keys` that were claimed and have not expired. Raises `SeenSetUnavailable`
-        (with `unknown` = the keys not answered) when DynamoDB cannot answer."""
-        unique = list(dict.fromkeys(keys))
-        found: set[str] = set()
+    def match(self, event_key: str, stream_event_id: str) -> int:
+        """Whether the stream event `stream_event_id` with content key `event_key` is a copy of
+        one the fallback published, and may be suppressed: it may when it was matched before, or
+        when the key has a poll copy not matched yet (which it now takes). Returns 0 when it may
+        not, else how many stream events are matched under the key (more than 1: lookalikes).
+        Raises `SeenSetUnavailable`."""
         now = self._clock()
-        for start in range(0, len(unique), BATCH_GET_LIMIT):
-            todo = unique[start : start + BATCH_GET_LIMIT]
-            for round_ in range(_MAX_UNPROCESSED_ROUNDS):
-                if round_:
-                    time.sleep(0.05 * 2**round_)  # unprocessed keys: DynamoDB asks us to slow down
-                request: dict[str, KeysAndAttributesTypeDef] = {
-                    self._table: {
-                        "Keys": [{"pk": {"S": self.item_key(key)}} for key in todo],
-                        "ConsistentRead": True,
-                        "ProjectionExpression": "pk, #ttl",
-                        "ExpressionAttributeNames": {"#ttl": TTL_ATTRIBUTE},
-                    }
-                }
-                try:
-                    response = self._ddb.batch_get_item(RequestItems=request)
-                except (ClientError, BotoCoreError) as exc:
-                    code = _describe(exc)
-                    raise SeenSetUnavailable(
-                        f"DynamoDB BatchGetItem on {self._table} failed ({code})",
-                        claimed=set(),
-                        unknown=set(todo) | set(unique[start + BATCH_GET_LIMIT :]),
-                        code=code,
-                    ) from exc
-                for item in response.get("Responses", {}).get(self._table, []):
-                    if not _expired(item, now):
-                        found.add(str(item["pk"]["S"])[len(SEEN_PREFIX) :])
-                unprocessed: Any = response.get("UnprocessedKeys") or {}
-                left: Any = (unprocessed.get(self._table) or {}).get("Keys", [])
-                todo = [str(k["pk"]["S"])[len(SEEN_PREFIX) :] for k in left]
-                if not todo:
-                    break
-            else:
-                raise SeenSetUnavailable(
-                    f"DynamoDB BatchGetItem on {self._table} left keys unprocessed",
-                    claimed=set(),
-                    unknown=set(todo) | set(unique[start + BATCH_GET_LIMIT :]),
-                    code="UnprocessedKeys",
-                )
-        return found
+        try:
+            response = self._ddb.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": self.item_key(event_key)}},
+                UpdateExpression="ADD #matched :ids",
+                ConditionExpression=(
+                    "attribute_exists(#polled) AND #ttl > :now AND (contains(#matched, :id) OR "
+                    "attribute_not_exists(#matched) OR size(#polled) > size(#matched))"
+                ),
+                ExpressionAttributeNames={"#polled": "polled", "#matched": "matched", "#ttl": TTL_ATTRIBUTE},
+                ExpressionAttributeValues={
+                    ":ids": {"SS": [stream_event_id]},
+                    ":id": {"S": stream_event_id},
+                    ":now": {"N": f"{int(now)}"},
+                },
+                ReturnValues="ALL_NEW",  # the whole (small) item: the matched set as stored
+            )
+        except ClientError as exc:
+            if _code(exc) == _CONDITION_FAILED:
+                return 0
+            raise self._unavailable(event_key, exc) from exc
+        except BotoCoreError as exc:
+            raise self._unavailable(event_key, exc) from exc
+        matched = response.get("Attributes", {}).get("matched", {}).get("SS") or [stream_event_id]
+        return len(matched)
 
-
-def _expired(item: dict[str, Any], now: float) -> bool:
-    value = item.get(TTL_ATTRIBUTE)
-    if not value or "N" not in value:
-        return False
-    return float(value["N"]) < now
+    def _unavailable(self, key: str, exc: ClientError | BotoCoreError) -> SeenSetUnavailable:
+        code = _describe(exc)
+        return SeenSetUnavailable(
+            f"DynamoDB UpdateItem on {self._table} failed ({code})", unknown={key}, code=code
+        )
 
 
 def _code(exc: ClientError) -> str:

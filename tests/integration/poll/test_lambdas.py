@@ -62,13 +62,15 @@ def env(rig: PollRig, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str
 
 
 def test_poll_lambda_runs_one_tick(rig: PollRig, env: dict[str, str]) -> None:
-    rig.emit(5)  # no heartbeat: the fallback is active
+    emitted = rig.emit(5)  # no heartbeat: the fallback is active
     app = load_function("poll_fallback")
     result = app.handler({}, FakeContext())
     assert result["active"]
     assert result["published"] == 5
     assert result["errors"] == 0
-    assert len(rig.receive()) == 5
+    ids = {body["eventId"] for body in rig.receive()}
+    assert ids == {f"poll:{rig.chain}:{e.business_event_id}" for e in emitted}
+    assert set().union(*rig.recorded().values()) == ids  # recorded for the stream, once on the queue
     # too little time left: nothing is fetched
     rig.emit(3)
     result = app.handler({}, FakeContext(remaining_ms=5_000))
@@ -152,6 +154,7 @@ def test_example_consumer_reports_partial_failures_and_is_idempotent(
     pointer = {
         "schemaVersion": 1,
         "eventKey": big["eventKey"],
+        "eventId": big["eventId"],
         "claimCheck": {"bucket": rig.stack.bucket_name, "key": "oversize/big.json", "bytes": 1},
     }
     bodies = [json.dumps(a), "not json", json.dumps(pointer), json.dumps(b), json.dumps({"no": "key"})]
@@ -167,6 +170,22 @@ def test_example_consumer_reports_partial_failures_and_is_idempotent(
     )
     assert result == {"batchItemFailures": []}
     assert handled == [a["eventKey"], big["eventKey"], b["eventKey"]]
+
+
+def test_example_consumer_processes_lookalikes_once_each(
+    rig: PollRig, consumer: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16: two distinct events with one content key (the same field set twice within a
+    # second). Idempotent on eventKey the consumer dropped the second; on eventId it handles both,
+    # and a redelivery of either is still handled once.
+    handled: list[str] = []
+    monkeypatch.setattr(consumer, "handle_event", lambda event: handled.append(event["eventId"]))
+    (first,) = events_for(rig, 1)
+    twin = {**first, "eventId": first["eventId"] + "-twin"}
+    assert twin["eventKey"] == first["eventKey"]
+    bodies = [json.dumps(first), json.dumps(twin), json.dumps(first)]
+    assert consumer.handler(sqs_event(bodies, fifo=False), FakeContext()) == {"batchItemFailures": []}
+    assert handled == [first["eventId"], twin["eventId"]]
 
 
 def test_example_consumer_on_fifo_holds_back_the_failed_group_only(

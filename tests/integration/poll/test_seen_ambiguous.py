@@ -1,9 +1,10 @@
-"""The seen-set's claim when DynamoDB answers an error after the write went through (chaos seed 487).
+"""The seen-set when DynamoDB answers an error after the write went through (an ambiguous failure:
+a 5xx after commit, a lost response), through the chaos suite's fault proxy in front of moto, with
+the poll fallback's own client configuration (one retry) and real boto3 clients over HTTP.
 
-botocore retries such a PutItem; before claims carried a token, the retry met its own first
-write, failed its condition and the key counted as already claimed: the poll fallback dropped an
-event that nobody had published, and the stream skipped it on replay as "published by the
-fallback". Real boto3 clients, the chaos suite's fault proxy in front of moto, over HTTP.
+Both writes are idempotent, so a retry that meets its own first write changes nothing: `record`
+ADDs an eventId to a set, `match` succeeds again for a stream event it had matched. Chaos seed 487
+once lost an event to a retried conditional write that did not recognise its own first attempt.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from ohip_relay.seen import SeenSet, SeenSetUnavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
+KEY = "v1-k"
+
 
 @pytest.fixture
 def proxy(aws_endpoint: str) -> Iterator[FaultProxy]:
@@ -26,38 +29,64 @@ def proxy(aws_endpoint: str) -> Iterator[FaultProxy]:
         yield running
 
 
+def seen_sets(proxy: FaultProxy, stack: ProvisionedStack) -> tuple[SeenSet, SeenSet]:
+    """(through the proxy, straight to moto)."""
+    return (
+        SeenSet(local_client("dynamodb", proxy.url, config=POLL_BOTO_CONFIG), stack.table_name),
+        SeenSet(local_client("dynamodb", stack.endpoint_url, config=POLL_BOTO_CONFIG), stack.table_name),
+    )
+
+
 @pytest.mark.parametrize("error", ["unavailable", "internal"])
-def test_a_retried_claim_that_had_gone_through_is_still_new(
+def test_a_retried_record_that_had_gone_through_records_one_copy(
     proxy: FaultProxy, aws_stack: ProvisionedStack, error: str
 ) -> None:
-    # The poll fallback's own client configuration: one retry.
-    seen = SeenSet(local_client("dynamodb", proxy.url, config=POLL_BOTO_CONFIG), aws_stack.table_name)
-    proxy.add(FaultRule("dynamodb", error=error, operation="PutItem", phase="after", count=1))
-    assert seen.claim(["k-1"]) == {"k-1"}
-    assert proxy.stats()["injected"] == {f"dynamodb.PutItem {error}/after": 1}
-    # The key is claimed for everyone else: another claim (another tick) sees a duplicate,
-    # and the stream's lookup finds it.
-    assert seen.claim(["k-1"]) == set()
-    assert seen.contains(["k-1", "k-2"]) == {"k-1"}
+    faulty, direct = seen_sets(proxy, aws_stack)
+    proxy.add(FaultRule("dynamodb", error=error, operation="UpdateItem", phase="after", count=1))
+    faulty.record([(KEY, "poll:C:1")])
+    assert proxy.stats()["injected"] == {f"dynamodb.UpdateItem {error}/after": 1}
+    # Written twice, one copy: it cancels one stream copy, not two.
+    assert direct.match(KEY, "stream:C:1:a")
+    assert not direct.match(KEY, "stream:C:2:b")
 
 
-def test_a_claim_whose_every_attempt_errs_after_the_write_is_unknown_not_a_duplicate(
+def test_a_record_whose_every_attempt_errs_after_the_write_is_unknown(
     proxy: FaultProxy, aws_stack: ProvisionedStack
 ) -> None:
-    seen = SeenSet(local_client("dynamodb", proxy.url, config=POLL_BOTO_CONFIG), aws_stack.table_name)
-    proxy.add(FaultRule("dynamodb", error="unavailable", operation="PutItem", phase="after", count=2))
+    faulty, direct = seen_sets(proxy, aws_stack)
+    proxy.add(FaultRule("dynamodb", error="unavailable", operation="UpdateItem", phase="after", count=2))
     with pytest.raises(SeenSetUnavailable) as raised:
-        seen.claim(["k-1"])
-    # Both attempts wrote and were told they had not: unknown, so the caller publishes it (at
-    # least once), never a duplicate.
-    assert raised.value.unknown == {"k-1"}
-    assert raised.value.claimed == set()
-    assert seen.claim(["k-1"]) == set()  # it was written: for the next tick, a duplicate
+        faulty.record([(KEY, "poll:C:1")])
+    assert raised.value.unknown == {KEY}
+    # It was written: the copy is on the queue (record follows SQS's acknowledgement), so the
+    # stream's copy is rightly suppressed, once.
+    assert direct.match(KEY, "stream:C:1:a")
+    assert not direct.match(KEY, "stream:C:2:b")
 
 
-def test_claims_of_two_calls_still_exclude_each_other(aws_stack: ProvisionedStack) -> None:
-    seen = SeenSet(
-        local_client("dynamodb", aws_stack.endpoint_url, config=POLL_BOTO_CONFIG), aws_stack.table_name
-    )
-    assert seen.claim(["a", "b"]) == {"a", "b"}
-    assert seen.claim(["b", "c"]) == {"c"}
+def test_a_retried_match_that_had_gone_through_still_matches(
+    proxy: FaultProxy, aws_stack: ProvisionedStack
+) -> None:
+    faulty, direct = seen_sets(proxy, aws_stack)
+    direct.record([(KEY, "poll:C:1")])
+    proxy.add(FaultRule("dynamodb", error="internal", operation="UpdateItem", phase="after", count=1))
+    # The retry meets its own first write (the stream event is among the matched): True, not a
+    # failed condition that would publish a duplicate...
+    assert faulty.match(KEY, "stream:C:1:a")
+    assert proxy.stats()["injected"] == {"dynamodb.UpdateItem internal/after": 1}
+    # ...and the copy is taken: a lookalike stream event is published.
+    assert not direct.match(KEY, "stream:C:2:b")
+
+
+def test_a_match_whose_every_attempt_errs_after_the_write_is_unavailable(
+    proxy: FaultProxy, aws_stack: ProvisionedStack
+) -> None:
+    faulty, direct = seen_sets(proxy, aws_stack)
+    direct.record([(KEY, "poll:C:1")])
+    proxy.add(FaultRule("dynamodb", error="unavailable", operation="UpdateItem", phase="after", count=2))
+    with pytest.raises(SeenSetUnavailable) as raised:
+        faulty.match(KEY, "stream:C:1:a")  # the stream publishes its copy then: a duplicate
+    assert raised.value.unknown == {KEY}
+    # The write went through: that stream event holds the copy, no other can take it.
+    assert direct.match(KEY, "stream:C:1:a")
+    assert not direct.match(KEY, "stream:C:2:b")
