@@ -13,6 +13,9 @@ query-compatible JSON protocol):
     throttle     400   ThrottlingException / RequestThrottled      ProvisionedThroughputExceededException
     slow         -     forwarded after `delay` seconds             forwarded after `delay` seconds
     partial      200   SendMessageBatch only: entries moto accepted are reported as failed (InternalError)
+    refuse       200   SendMessageBatch only, not forwarded: every entry refused for its content
+                       (InvalidMessageContents, a sender fault: never worth retrying), as SQS refuses a
+                       body with characters it does not accept
 
 `phase`: `before` refuses without forwarding (nothing happened); `after` forwards first and then
 answers with the error: the write happened but the client cannot know (an ambiguous failure, as a
@@ -50,7 +53,8 @@ from aiohttp import web
 log = logging.getLogger(__name__)
 
 SERVICES = ("sqs", "dynamodb", "s3", "*")
-ERRORS = ("internal", "unavailable", "throttle", "slow", "partial")
+ERRORS = ("internal", "unavailable", "throttle", "slow", "partial", "refuse")
+_BATCH_ONLY = ("partial", "refuse")
 PHASES = ("before", "after")
 
 _HOP_BY_HOP = {
@@ -111,8 +115,8 @@ class FaultRule:
             raise ValueError("probability must be from 0 to 1")
         if self.count is not None and self.count < 1:
             raise ValueError("count must be at least 1")
-        if self.error == "partial" and self.service not in ("sqs", "*"):
-            raise ValueError("partial applies to SQS SendMessageBatch only")
+        if self.error in _BATCH_ONLY and self.service not in ("sqs", "*"):
+            raise ValueError(f"{self.error} applies to SQS SendMessageBatch only")
 
     def describe(self) -> str:
         scope = f"{self.service}{'.' + self.operation if self.operation else ''}"
@@ -132,7 +136,7 @@ class FaultRule:
             return False
         if self.operation is not None and self.operation != operation:
             return False
-        if self.error == "partial":
+        if self.error in _BATCH_ONLY:
             return service == "sqs" and operation == "SendMessageBatch"
         return True
 
@@ -181,6 +185,28 @@ def partial_batch(body: bytes, rng: random.Random) -> bytes | None:
         for entry in failed
     ]
     return json.dumps(data).encode()
+
+
+def refused_batch(body: bytes) -> web.Response:
+    """A SendMessageBatch answer refusing every entry of the request for its content."""
+    try:
+        entries = json.loads(body).get("Entries") or []
+    except (ValueError, AttributeError):
+        entries = []
+    failed = [
+        {
+            "Id": str(entry.get("Id")),
+            "SenderFault": True,
+            "Code": "InvalidMessageContents",
+            "Message": "chaos: refused for its content",
+        }
+        for entry in entries
+        if isinstance(entry, dict)
+    ]
+    headers = {"Content-Type": "application/x-amz-json-1.0", "x-amzn-RequestId": "chaos-fault"}
+    return web.Response(
+        status=200, body=json.dumps({"Successful": [], "Failed": failed}).encode(), headers=headers
+    )
 
 
 class FaultProxy:
@@ -241,6 +267,8 @@ class FaultProxy:
         rule = self._pick(service, operation)
         if rule is not None and rule.delay:
             await asyncio.sleep(rule.delay)
+        if rule is not None and rule.error == "refuse":
+            return refused_batch(body)
         if rule is not None and rule.phase == "before" and rule.error not in ("slow", "partial"):
             return error_response(service, rule.error)
         status, headers, payload = await self._forward(request, body)

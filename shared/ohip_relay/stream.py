@@ -19,11 +19,20 @@
    (at most `stop_flush_timeout`, renewing the lease all along, so that a successor cannot
    subscribe before the last checkpoint), checkpoint, release the lease, exit 0.
 
-Losing the lease stops consumption at once (the socket is closed, nothing more is submitted); the
-task goes back to standby. With no checkpoint yet (first start), `RELAY_START_POSITION` decides:
-`latest` (default) subscribes with `offsetType: highest`, `earliest` replays the whole retention;
-either way the offset before the first event received is stored at once, so a crash before the
-first checkpoint cannot skip anything.
+Identity and poison (docs/event-format.md): an event is its offset (with `uniqueEventId`); what
+cannot be read or published is parked raw under `malformed/` in the bucket (`park.py`), counted,
+and the checkpoint passes it only once it is parked: nothing the protocol allows stops the relay.
+Offsets that go backwards (a reset on OHIP's side) are not duplicates: the consumer reports them,
+stops reading (heartbeat `regressed`, which the poll fallback treats as unhealthy at once, so it
+carries the events) and tries again every `regression_retry` seconds. A replayed event is kept off
+the queue only when the poll fallback published a copy of it that no other stream event has been
+matched against (`seen.SeenSet.match`, "match once").
+
+Losing the lease stops consumption at once (the socket is closed, whatever the consumer was waiting for,
+nothing more is submitted); the task goes back to standby. With no checkpoint yet (first start),
+`RELAY_START_POSITION` decides: `latest` (default) subscribes with `offsetType: highest`, `earliest` replays
+the whole retention; either way the offset before the first event received is stored at once, so a crash
+before the first checkpoint cannot skip anything.
 """
 
 from __future__ import annotations
@@ -54,7 +63,8 @@ from .auth import AsyncTokenProvider, AuthError, OAuthParams, Token
 from .backoff import Backoff, CloseKind, CloseOutcome, classify_close
 from .config import Settings, SqsTransport, StartPosition
 from .errors import StartupError
-from .events import CanonicalEvent, MalformedEvent, from_stream
+from .events import CanonicalEvent, from_stream
+from .park import park_frame
 from .publish import OutboundMessage, PublisherConfig, PublishError, PublishFailure, SqsPublisher
 from .seen import SeenSet
 from .sqs_http import SqsHttpTransport
@@ -90,6 +100,10 @@ class StreamOptions:
     backoff_cap: float = 60.0
     max_in_flight: int = 1000
     max_frame_bytes: int = 16 * 1024 * 1024
+    # After OHIP's offsets went backwards: how long to stay off the stream before trying again.
+    regression_retry: float = 60.0
+    # Parking a frame in S3 that failed: the first retry after this, doubling up to 30 s.
+    park_retry: float = 0.5
 
     def __post_init__(self) -> None:
         if self.lease_renew_interval * 2 >= self.lease_duration:
@@ -107,6 +121,26 @@ class _Stopped(Exception):
 
 class PublishFailed(Exception):
     """SQS refused an event for good: stop rather than move the checkpoint past it."""
+
+
+class _LeaseLostWhileBlocked(Exception):
+    """The lease was lost while the consumer waited for room in the publisher."""
+
+
+# SQS refusals that belong to one message's content (they would refuse it again on every replay):
+# the event is parked, not retried. Any other permanent refusal (no permission, no such queue) is a
+# configuration problem: the consumer stops without passing the event, and a human looks.
+POISON_CODES = frozenset(
+    {
+        "InvalidMessageContents",
+        "InvalidParameterValue",
+        "MessageTooLarge",
+        "MessageTooLong",
+        "InvalidAttributeValue",
+        "InvalidAttributeName",
+        "TooManyAttributes",
+    }
+)
 
 
 def default_owner() -> str:
@@ -127,9 +161,11 @@ class StreamConsumer:
         owner: str | None = None,
         rng: random.Random | None = None,
         seen: SeenSet | None = None,
+        s3: Any = None,
     ) -> None:
         self.settings = settings
         self.seen = seen
+        self.s3 = s3  # parking (malformed/ in settings.bucket_name); None: parking fails (and retries)
         self.options = options or StreamOptions()
         self.publisher = publisher
         self.state = state
@@ -169,6 +205,10 @@ class StreamConsumer:
         self._wake = asyncio.Event()  # set with either of the two above
         self._last_complete_at: float | None = None  # loop clock
         self._flush_timed_out = False
+        self._ws: ClientConnection | None = None  # the open connection, closed on lease loss
+        self._parks: set[asyncio.Task[None]] = set()
+        self.parked = 0
+        self.regressed = False  # offsets went backwards; cleared by the next event above the mark
 
     # -- public -----------------------------------------------------------------------------
 
@@ -187,8 +227,16 @@ class StreamConsumer:
         self.telemetry.count(Metric.EVENTS_PUBLISHED)
 
     def on_publish_failure(self, failure: PublishFailure) -> None:
-        """Publisher callback: an event cannot be put on the queue. The checkpoint stays below it;
-        the consumer stops (exit 1) so that a human looks, and a restart replays it."""
+        """Publisher callback: an event cannot be put on the queue. Refused for its content
+        (`POISON_CODES`): parked, and the checkpoint passes it once it is. Otherwise the checkpoint
+        stays below it; the consumer stops (exit 1) so that a human looks, and a restart replays it."""
+        if failure.code in POISON_CODES and failure.body:
+            offset = int(failure.ack_token)
+            log.error(
+                "SQS refuses the event at offset %s for its content (%s); parking it", offset, failure.code
+            )
+            self._park(failure.body, f"refused by SQS: {failure.code}", offset)
+            return
         log.error(
             "SQS refused the event at offset %s for good (%s: %s); stopping so it is not skipped",
             failure.ack_token,
@@ -250,8 +298,18 @@ class StreamConsumer:
                     log.error("lease lost (%s): connection closed; standing by", self._lease_lost_why)
                     self.status = StreamState.STANDBY
                     await self._settle_publisher()
+                    # Resume from what SQS acknowledged: an event tracked but never handed on (its
+                    # submit was given up with the lease) must be read again, not skipped.
+                    self.watermark = OffsetWatermark(self.watermark.value)
                     self._lease_lost.clear()
                     self._wake.clear()
+        except BaseException:
+            # Not a planned stop: the heartbeat must say `failed` (unhealthy at once), not `stopped`
+            # (which the poll fallback reads as a deployment within its grace period).
+            if not self.exit_status:
+                self.exit_status = 1
+            log.exception("the stream consumer failed")
+            raise
         finally:
             for task in background:
                 task.cancel()
@@ -285,6 +343,19 @@ class StreamConsumer:
             self.telemetry.count(Metric.RECONNECTS, close_code=str(outcome.code))
             if outcome.renew_token:
                 self.tokens.invalidate()
+            if self.regressed:
+                self.next_delay = self.options.regression_retry
+                self.status = StreamState.REGRESSED
+                self._beat()
+                log.error(
+                    "staying off the stream for %.0fs: OHIP's offsets went below %s (checkpoint %s); "
+                    "the poll fallback carries the events meanwhile (docs/runbook.md, offset regression)",
+                    self.options.regression_retry,
+                    self.watermark.last_tracked,
+                    self.checkpointed,
+                )
+                await self._sleep(self.options.regression_retry)
+                continue
             delay = backoff.next_delay(outcome, healthy_for=healthy_for)
             self.next_delay = delay
             report = log.error if outcome.alarm else log.warning
@@ -325,9 +396,11 @@ class StreamConsumer:
                 max_queue=64,
             ) as ws:
                 self.connections += 1
+                self._ws = ws
                 try:
                     closed = await self._drive(ws, core, self._rotation_due(token))
                 finally:
+                    self._ws = None
                     if core.last_complete_at is not None:
                         self._last_complete_at = core.last_complete_at
                     self.telemetry.gauge(Metric.STREAM_CONNECTED, 0)
@@ -424,7 +497,10 @@ class StreamConsumer:
                     events.extend(core.receive(frame, now))
                 events.extend(core.tick(now))
                 for event in events:
-                    terminal = await self._on_event(ws, core, event, now)
+                    try:
+                        terminal = await self._on_event(ws, core, event, now, frame)
+                    except _LeaseLostWhileBlocked:
+                        terminal = (1000, "lease lost")
                     if terminal is not None:
                         await ws.close(code=terminal[0], reason=terminal[1])
                         return self._log_closed(core.connection_closed(terminal[0], terminal[1], now))
@@ -433,16 +509,27 @@ class StreamConsumer:
             wake.cancel()
 
     async def _on_event(
-        self, ws: ClientConnection, core: proto.StreamProtocol, event: proto.Event, now: float
+        self,
+        ws: ClientConnection,
+        core: proto.StreamProtocol,
+        event: proto.Event,
+        now: float,
+        frame: str | bytes | None = None,
     ) -> tuple[int, str] | None:
-        """Act on one protocol event; returns (close code, reason) when the connection must end."""
+        """Act on one protocol event; returns (close code, reason) when the connection must end.
+        `frame` is the text frame the event came in (what gets parked if it cannot be published)."""
         if isinstance(event, proto.EventReceived):
-            await self._publish(event)
+            await self._publish(event, frame)
         elif isinstance(event, proto.DuplicateSkipped):
             self.telemetry.count(Metric.DUPLICATES_SKIPPED)
+        elif isinstance(event, proto.UnreadableEvent):
+            log.error("unreadable event (%s): parking the frame and reading on", event.reason)
+            self._park(frame or "", event.reason, None)
+        elif isinstance(event, proto.OffsetRegression):
+            return self._on_regression(event)
         elif isinstance(event, proto.ConnectionAcked):
             self._subscribe(core, now)
-            self.status = StreamState.CONNECTED
+            self.status = StreamState.REGRESSED if self.regressed else StreamState.CONNECTED
             self.telemetry.gauge(Metric.STREAM_CONNECTED, 1)
             self._beat()
         elif isinstance(event, proto.SubscriptionError):
@@ -484,12 +571,13 @@ class StreamConsumer:
                 "no checkpoint: subscribed to chain %s from the newest event (offsetType highest)", chain
             )
 
-    async def _publish(self, event: proto.EventReceived) -> None:
+    async def _publish(self, event: proto.EventReceived, frame: str | bytes | None = None) -> None:
         self.telemetry.count(Metric.EVENTS_RECEIVED)
         if self.watermark.value is None:
             # First event ever: anchor the checkpoint just below it, so that a crash before the
             # first acknowledgement replays from here instead of subscribing to "highest" again.
-            anchor = max(0, event.offset - 1)
+            # A log that starts at offset 0 anchors at -1: "read from 0, nothing handled yet".
+            anchor = event.offset - 1
             await self._blocking(self.state.advance_checkpoint, anchor, self.owner)
             self.watermark = OffsetWatermark(anchor)
             self.checkpointed = anchor
@@ -497,14 +585,19 @@ class StreamConsumer:
         self.watermark.track(event.offset)
         self.last_offset = event.offset
         self.last_event_at = time.time()
+        if self.regressed:
+            self.regressed = False
+            self.status = StreamState.CONNECTED
+            log.warning("offsets move on again at %s: streaming resumed", event.offset)
+            self._beat()
         try:
             canonical = from_stream(event.new_event, self.settings.chain_code, datetime.now(UTC))
-        except MalformedEvent as exc:
-            # Cannot be represented in the public format: reported and skipped (the checkpoint may
-            # pass it; replaying it would fail the same way).
-            log.error("skipping malformed event at offset %s: %s", event.offset, exc)
-            self.telemetry.count(Metric.PUBLISH_ERRORS)
-            self.watermark.ack(event.offset)
+        except Exception as exc:  # MalformedEvent, or anything else a value the protocol allows may cause
+            # Cannot be represented in the public format: parked raw; the checkpoint passes it once
+            # it is (a replay would fail the same way). The reason names the field, never a value.
+            reason = str(exc) if isinstance(exc, ValueError) else f"cannot be read ({type(exc).__name__})"
+            log.error("event at offset %s cannot be published (%s); parking it", event.offset, reason)
+            self._park(frame or "", reason, event.offset)
             return
         if await self._published_by_fallback(canonical):
             self.suppressed += 1
@@ -513,18 +606,41 @@ class StreamConsumer:
             return
         self.lag_seconds = max(0.0, time.time() - canonical.occurred_at.timestamp())
         self.telemetry.gauge(Metric.STREAM_LAG, self.lag_seconds)
-        await self.publisher.submit(
-            OutboundMessage(
-                body=canonical.to_json(),
-                attributes=canonical.attribute_values(),
-                group_id=canonical.message_group_id(),
-                dedup_id=canonical.deduplication_id(),
-                ack_token=event.offset,
-            )
+        message = OutboundMessage(
+            body=canonical.to_json(),
+            attributes=canonical.attribute_values(),
+            group_id=canonical.message_group_id(),
+            dedup_id=canonical.deduplication_id(),
+            ack_token=event.offset,
+            event_key=canonical.event_key,
+            event_id=canonical.event_id,
         )
+        if self.publisher.has_room:
+            await self.publisher.submit(message)
+        else:
+            await self._submit_unless_lease_lost(message)
+
+    async def _submit_unless_lease_lost(self, message: OutboundMessage) -> None:
+        """`submit` while the publisher is full (SQS slow or down): the wait ends early when the
+        lease is lost, so that the connection closes at once (a successor may connect)."""
+        submit = asyncio.ensure_future(self.publisher.submit(message))
+        lost = asyncio.ensure_future(self._lease_lost.wait())
+        try:
+            await asyncio.wait((submit, lost), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+        if submit.done():
+            submit.result()
+            return
+        submit.cancel()  # nothing was handed on: the event is read again by the next holder
+        with contextlib.suppress(asyncio.CancelledError):
+            await submit
+        raise _LeaseLostWhileBlocked
 
     async def _published_by_fallback(self, event: CanonicalEvent) -> bool:
-        """Whether the poll fallback already put this event on the queue.
+        """Whether the poll fallback already put a copy of this event on the queue that no other
+        stream event was matched against (`SeenSet.match`: each poll copy cancels at most one
+        stream copy, so two events that look alike are never both suppressed by one copy).
 
         Only events that occurred at or before the newest event the fallback published can have
         come through it, so the seen-set is asked only for those: after an outage, while the
@@ -535,11 +651,69 @@ class StreamConsumer:
         if self.seen is None or mark is None or event.occurred_at.replace(microsecond=0) > mark:
             return False
         try:
-            hits = await self._blocking(self.seen.contains, [event.event_key])
+            matched = await self._blocking(self.seen.match, event.event_key, event.event_id)
         except Exception as exc:
             log.warning("seen-set unavailable (%s): publishing (a duplicate at worst)", type(exc).__name__)
             return False
-        return event.event_key in hits
+        if matched > 1:  # several distinct events share this content: each poll copy cancels one
+            self.telemetry.count(Metric.LOOKALIKE_MATCHES)
+        return matched > 0
+
+    def _on_regression(self, event: proto.OffsetRegression) -> tuple[int, str]:
+        """OHIP sent an offset below what was handled: not a replay (inclusive replay starts at the
+        checkpoint), so OHIP numbered its log again. Stop reading and say so; see the module doc."""
+        self.telemetry.count(Metric.OFFSET_REGRESSIONS)
+        if not self.regressed:
+            log.error(
+                "OHIP sent offset %s after offset %s had been handled: its offsets went backwards. "
+                "Closing the stream; the heartbeat says 'regressed' so that the poll fallback carries "
+                "the events (docs/runbook.md, offset regression)",
+                event.offset,
+                event.high_water,
+            )
+        self.regressed = True
+        self.status = StreamState.REGRESSED
+        return 1000, "offset regression"
+
+    def _park(self, frame: str | bytes, reason: str, offset: int | None) -> None:
+        """Park `frame` under malformed/ in the background, retrying until S3 takes it (or the
+        consumer stops). A tracked `offset` is acknowledged in the watermark only once it is
+        parked, so the checkpoint never passes an event that exists nowhere."""
+        self.telemetry.count(Metric.MALFORMED_EVENTS)
+        task = asyncio.create_task(self._park_until_done(frame, reason, offset))
+        self._parks.add(task)
+        task.add_done_callback(self._parks.discard)
+
+    async def _park_until_done(self, frame: str | bytes, reason: str, offset: int | None) -> None:
+        watermark, delay = self.watermark, self.options.park_retry
+        bucket, chain = self.settings.bucket_name, self.settings.chain_code
+        text = None if offset is None else str(offset)
+        while True:
+            try:
+                if self.s3 is None or not bucket:
+                    raise RuntimeError("no bucket to park in (RELAY_BUCKET_NAME)")
+                key = await self._blocking(
+                    park_frame, self.s3, bucket, chain, frame, reason, text, time.time()
+                )
+            except Exception as exc:
+                log.warning(
+                    "cannot park the event at offset %s (%s); trying again in %.1fs",
+                    text,
+                    type(exc).__name__,
+                    delay,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+                if self._stop.is_set():
+                    log.error("stopping with the event at offset %s not parked: it is replayed", text)
+                    return
+                delay = min(delay * 2, 30.0)
+                continue
+            self.parked += 1
+            log.error("event at offset %s parked in s3://%s/%s", text, bucket, key)
+            if offset is not None and watermark is self.watermark and watermark.is_pending(offset):
+                watermark.ack(offset)
+            return
 
     def _beat(self) -> None:
         """Write the heartbeat now (after a state change), without waiting for it."""
@@ -701,6 +875,7 @@ class StreamConsumer:
                 self.holding_lease = False
                 self._lease_lost.set()
                 self._wake.set()
+                self._close_connection("lease lost")
                 return
             # Failed but the lease is still ours for a while: try again sooner as its end nears.
             next_at = time.time() + min(interval, max(interval / 4, left / 2))
@@ -721,6 +896,16 @@ class StreamConsumer:
         except Exception as exc:
             log.warning("cannot renew the lease (%s)", type(exc).__name__)
             return None
+
+    def _close_connection(self, reason: str) -> None:
+        """Close the open connection now, whatever `_drive` is waiting for (a full publisher, say):
+        the lease is the authority on who may be connected, not the consumer's progress."""
+        ws = self._ws
+        if ws is None:
+            return
+        task = asyncio.create_task(ws.close(code=1000, reason=reason))
+        self._beats.add(task)
+        task.add_done_callback(self._beats.discard)
 
     # -- checkpoint, heartbeat, metrics, token ----------------------------------------------
 
@@ -808,6 +993,8 @@ class StreamConsumer:
 
     async def _shutdown(self) -> None:
         await self._settle_publisher(self.options.stop_flush_timeout)
+        if self._parks:  # a parked event is acknowledged once S3 has it: give them a moment
+            await asyncio.wait(set(self._parks), timeout=10.0)
         try:
             await self._write_checkpoint()
         except Exception:
@@ -890,6 +1077,11 @@ async def open_consumer(
             aws_credentials(settings) if http_transport else None,
         )
 
+    if not settings.bucket_name:
+        raise StartupError(
+            "RELAY_BUCKET_NAME: missing (the stream consumer parks events it cannot publish there, "
+            "and stores oversize ones)"
+        )
     sqs, s3, dynamodb, credentials = await asyncio.to_thread(blocking_parts)
     transport: SqsHttpTransport | None = None
     if http_transport:
@@ -921,6 +1113,7 @@ async def open_consumer(
             options=opts,
             owner=owner,
             seen=SeenSet(dynamodb, settings.table_name, ttl_days=settings.seen_ttl_days),
+            s3=s3,
         )
         holder.append(consumer)
         try:

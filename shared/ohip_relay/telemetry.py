@@ -31,6 +31,8 @@ class Metric(StrEnum):
     CHECKPOINT_OFFSET = "CheckpointOffset"
     STREAM_CONNECTED = "StreamConnected"
     CLAIM_CHECKS = "ClaimChecks"
+    OFFSET_REGRESSIONS = "OffsetRegressions"  # OHIP's offsets went backwards: streaming stopped
+    LOOKALIKE_MATCHES = "LookalikeMatches"  # a suppression under a content key shared by several events
     # poll fallback
     STREAM_HEALTHY = "StreamHealthy"  # 1 healthy, 0 unhealthy, as the fallback judged it
     FALLBACK_ACTIVE = "FallbackActive"  # 1 while the fallback drains the Poll API
@@ -38,7 +40,7 @@ class Metric(StrEnum):
     POLL_EVENTS_PUBLISHED = "PollEventsPublished"
     POLL_ERRORS = "PollErrors"
     POLL_SPILLED = "PollEventsSpilled"  # fetched but not yet on the queue: parked for the next tick
-    MALFORMED_EVENTS = "MalformedEvents"
+    MALFORMED_EVENTS = "MalformedEvents"  # parked under malformed/ in the bucket (both channels)
     # both channels
     DUPLICATES_SUPPRESSED = "DuplicatesSuppressed"  # the seen-set kept an event off the queue
     # enricher (service "enricher")

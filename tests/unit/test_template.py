@@ -29,6 +29,9 @@ REQUIRED_ALARMS: dict[str, tuple[str, str, dict[str, str]]] = {
     "OldestMessageAgeAlarm": ("AWS/SQS", "ApproximateAgeOfOldestMessage", {}),
     "PublishErrorsAlarm": (NAMESPACE, "PublishErrors", {"service": "stream"}),
     "PollErrorsAlarm": (NAMESPACE, "PollErrors", {"service": "poll"}),
+    "ParkedEventsAlarm": (NAMESPACE, "MalformedEvents", {"service": "stream"}),
+    "OffsetRegressionAlarm": (NAMESPACE, "OffsetRegressions", {"service": "stream"}),
+    "LookalikeMatchesAlarm": (NAMESPACE, "LookalikeMatches", {"service": "stream"}),
     "PollFunctionErrorsAlarm": ("AWS/Lambda", "Errors", {}),
     "NoRunningTaskAlarm": ("ECS/ContainerInsights", "RunningTaskCount", {}),
 }
@@ -296,7 +299,10 @@ def test_task_role_is_least_privilege(resources: dict[str, Any]) -> None:
     assert granted["sqs:SendMessage"] == {"Fn::GetAtt": ["EventsQueue", "Arn"]}
     for action in ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"):
         assert granted[action] == {"Fn::GetAtt": ["StateTable", "Arn"]}
-    assert granted["s3:PutObject"] == {"Fn::Sub": "${OversizeBucket.Arn}/oversize/*"}
+    assert granted["s3:PutObject"] == [
+        {"Fn::Sub": "${OversizeBucket.Arn}/oversize/*"},
+        {"Fn::Sub": "${OversizeBucket.Arn}/malformed/*"},  # parked events
+    ]
     assert granted["secretsmanager:GetSecretValue"] == {"Ref": "OhipSecretArn"}
     assert not any(
         a.startswith("dynamodb:") and a not in {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"}
