@@ -10,6 +10,14 @@ backpressure bursts, SQS and DynamoDB errors, throttling, slowness and ambiguous
 an overlapping second relay (a deployment: the old one gets SIGTERM), an outage covered by poll
 ticks, Poll API 5xx / 429 / slow answers, and ticks that run out of time (`--time-limit`).
 
+Some emits draw adversarial events from the gateway (`adversarial.py`: lookalikes, odd Unicode,
+missing fields), some jump the offsets forward, and some seeds run a chain whose offsets start at
+0 or at 19-20 digits (`Schedule.first_offset`). Those are drawn from a second generator seeded by
+the seed, so the base plan of a seed (its faults and emits) is the one it had before adversarial
+data existed (`generate_schedule(seed, adversarial=False)` is that plan alone). No schedule resets
+the offsets backwards: the relay stops streaming on a regression and leaves the events to the poll
+fallback until a human intervenes, so such a schedule would never finish delivering by stream.
+
 Replay one schedule with `ohip-relay local chaos --seed N --schedules 1 -v`. `--jobs N` runs N
 schedules at once, each in a worker process with its own moto (`motoproc`), gateway and fault proxy;
 a schedule's plan depends on its seed only, so a seed replays the same whatever the jobs.
@@ -20,13 +28,18 @@ at most `FAULT_GRACE`), a relay runs until every emitted event is on the queue (
 whenever no new event reached the queue for `TICK_EVERY`, as the scheduled Lambda would run one
 every minute), SIGTERM, the reader drains the queue, then the invariants (`check_invariants`):
 
-- every emitted event (by `eventKey`) is on the queue at least once (`lost` = 0), and nothing else
-  is (`unexpected` = 0);
+- nothing lost or merged, by identity (`reconcile.py`): for every content key K, the distinct
+  eventIds on the queue with key K are at least the events the gateway emitted with key K
+  (`lost` = 0; two lookalikes delivered as one are a loss); an emitted event on the queue by
+  neither its stream offset nor its businessEventId is reported (`missing`) and counts as lost only
+  when its key's count fails (else a stream copy was suppressed against a lookalike's poll copy);
+  nothing the gateway never emitted is on the queue (`unexpected` = 0);
 - duplicates only of documented kinds (docs/event-format.md "Duplicates a consumer can still see",
-  docs/poll-fallback.md "Duplicates"): `stream replay` (stream copies with the same offset),
-  `channel overlap` (stream and poll copies), `poll repeat` (poll copies only: the fallback publishes
-  when the seen-set is unavailable, and re-delivers spilled pages); stream copies of one key with
-  different offsets are `undocumented` unless the gateway emitted that key at several offsets;
+  docs/poll-fallback.md "Duplicates"), by eventId: `stream replay` (one stream eventId twice),
+  `poll repeat` (one poll eventId twice: the fallback publishes when the seen-set is unavailable,
+  and re-delivers spilled pages), `channel overlap` (stream and poll copies of the same events,
+  beyond the events emitted with that key); a message under an eventId the gateway never emitted,
+  or under another key than its event's, is `unexpected`;
 - the checkpoint (sampled a few times a second, read from DynamoDB) never moved backward;
 - never two gateway connections at once (sampled `live_connections` <= 1, `conflicts` == 0);
 - no personal value of any emitted event (`StoredEvent.personal_values()`) in any relay or tick
@@ -50,17 +63,16 @@ import subprocess
 import sys
 import threading
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from ohip_relay.events import from_poll
 from ohip_relay.state import StateStore
 
 from .aws import DEFAULT_REGION, ProvisionedStack, local_client, provision
@@ -69,9 +81,39 @@ from .faultproxy import FaultProxy, FaultRule, running_fault_proxy
 from .gateway import GatewayConfig, LocalGateway
 from .harness import HarnessError, QueueReader, RelayProcess, wait_until
 from .motoproc import moto_process
-from .poll import business_event_data
+from .reconcile import (
+    CHANNEL_OVERLAP,
+    DOCUMENTED_KINDS,
+    POLL_REPEAT,
+    STREAM_REPLAY,
+    UNDOCUMENTED,
+    EmittedEvent,
+    emitted_events,
+    reconcile,
+)
+from .source import FIRST_OFFSET
 from .stack import environment_for, find_template
 from .threaded import call_in_gateway, running_gateway
+
+__all__ = [
+    "CHANNEL_OVERLAP",
+    "DOCUMENTED_KINDS",
+    "POLL_REPEAT",
+    "STREAM_REPLAY",
+    "UNDOCUMENTED",
+    "EmittedEvent",
+    "Schedule",
+    "ScheduleResult",
+    "Step",
+    "Verdict",
+    "check_invariants",
+    "checkpoint_regressions",
+    "classify_duplicates",
+    "generate_schedule",
+    "personal_data_hits",
+    "run_chaos",
+    "run_schedule",
+]
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +126,13 @@ TICK_EVERY = 10.0  # while waiting for delivery: a poll tick after this long wit
 SAMPLE_INTERVAL = 0.25
 FAULT_GRACE = 15.0  # after the steps, AWS faults stay on at most this long (until they run out)
 
-DOCUMENTED_KINDS = ("stream replay", "channel overlap", "poll repeat", "two changes one key")
-UNDOCUMENTED = "undocumented"
+# Adversarial draws (a second generator, so that a seed's base plan stays what it was).
+ADVERSARIAL_EMITS = ("lookalike", "unicode", "missing", "all")
+ADVERSARIAL_SHARE = 0.3  # of the emit steps
+OFFSET_JUMP_SHARE = 0.08  # of the emit steps: the offsets skip ahead first
+OFFSET_JUMPS = (1, 1000, 10**12)
+ZERO_START_SHARE = 0.12  # of the seeds: the chain's offsets start at 0
+HUGE_START_SHARE = 0.12  # of the seeds: they start just below 10**19 and reach 20 digits
 
 STEP_KINDS = (
     "emit",
@@ -123,12 +170,14 @@ class Step:
 class Schedule:
     seed: int
     steps: tuple[Step, ...]
+    first_offset: int | None = None  # where the chain's offsets start (None: the gateway's default)
 
     def emitted_by_plan(self) -> int:
         return sum(int(s.params.get("count", 0)) for s in self.steps if s.kind in ("emit", "backpressure"))
 
     def describe(self) -> str:
-        return "; ".join(step.describe() for step in self.steps)
+        start = [] if self.first_offset is None else [f"offsets from {self.first_offset}"]
+        return "; ".join(start + [step.describe() for step in self.steps])
 
 
 _WEIGHTS: dict[str, float] = {
@@ -225,11 +274,13 @@ def _step(kind: str, rng: random.Random, short: bool) -> Step:
     raise ValueError(f"unknown step kind {kind!r}")
 
 
-def generate_schedule(seed: int, *, short: bool = False) -> Schedule:
+def generate_schedule(seed: int, *, short: bool = False, adversarial: bool = True) -> Schedule:
     """The schedule of `seed`: the same steps for the same seed, on any machine.
 
     Faults and emits alternate (an emit at least every other step, so every fault has traffic
     around it); `short` (CI) draws fewer steps, smaller bursts, and no 4403/4409 or deployment.
+    `adversarial` (default) adds, from a second generator, adversarial emits, offset jumps and an
+    unusual first offset for some seeds; without it the plan is the seed's base plan alone.
     """
     rng = random.Random(seed)
     kinds = [k for k in _WEIGHTS if not (short and k in _SHORT_EXCLUDED)]
@@ -242,42 +293,41 @@ def generate_schedule(seed: int, *, short: bool = False) -> Schedule:
             steps.append(_step("emit", rng, short))
     if steps[-1].kind != "emit":
         steps.append(_step("emit", rng, short))
-    return Schedule(seed, tuple(steps))
+    if not adversarial:
+        return Schedule(seed, tuple(steps))
+    return _with_adversarial_data(Schedule(seed, tuple(steps)))
+
+
+def _with_adversarial_data(schedule: Schedule) -> Schedule:
+    """`schedule` with adversarial emits, forward offset jumps and maybe an unusual first offset,
+    drawn from a generator of their own (the base plan is left as it is). Never an offset reset."""
+    rng = random.Random(f"ohip-chaos-adversarial-{schedule.seed}")
+    roll = rng.random()
+    first_offset: int | None = None
+    if roll < ZERO_START_SHARE:
+        first_offset = 0
+    elif roll < ZERO_START_SHARE + HUGE_START_SHARE:
+        first_offset = 10**19 - rng.randint(5, 400)  # 19 digits, then 20 within the schedule
+    steps: list[Step] = []
+    for step in schedule.steps:
+        if step.kind == "emit":
+            params = dict(step.params)
+            if rng.random() < ADVERSARIAL_SHARE:
+                params["adversarial"] = rng.choice(ADVERSARIAL_EMITS)
+            if rng.random() < OFFSET_JUMP_SHARE:
+                params["offset_jump"] = rng.choice(OFFSET_JUMPS)
+            step = Step(step.kind, params)
+        steps.append(step)
+    return Schedule(schedule.seed, tuple(steps), first_offset)
 
 
 # -- invariants (pure) ----------------------------------------------------------------------------
 
 
-def classify_duplicates(
-    bodies: Iterable[Mapping[str, Any]], emitted_offsets: Mapping[str, Sequence[int]] | None = None
-) -> Counter[str]:
-    """Extra copies on the queue, by kind (see the module docstring). `emitted_offsets`: for each
-    event key, the offsets the gateway emitted it at (a key emitted twice is not a duplicate)."""
-    copies: dict[str, list[tuple[str, int | None]]] = {}
-    for body in bodies:
-        offset = body.get("offset")
-        copies.setdefault(str(body["eventKey"]), []).append(
-            (str(body.get("source")), None if offset is None else int(offset))
-        )
-    kinds: Counter[str] = Counter()
-    for key, seen in copies.items():
-        distinct_events = len((emitted_offsets or {}).get(key, ())) or 1
-        extra = len(seen) - distinct_events
-        if extra <= 0:
-            continue
-        stream = {offset for source, offset in seen if source == "stream"}
-        polled = sum(1 for source, _ in seen if source == "poll")
-        if len(stream) > distinct_events:
-            kinds[UNDOCUMENTED] += extra
-        elif distinct_events > 1:
-            kinds["two changes one key"] += extra
-        elif stream and polled:
-            kinds["channel overlap"] += extra
-        elif polled:
-            kinds["poll repeat"] += extra
-        else:
-            kinds["stream replay"] += extra
-    return kinds
+def classify_duplicates(bodies: Iterable[Mapping[str, Any]], emitted: Sequence[EmittedEvent]) -> Counter[str]:
+    """Extra copies on the queue, by kind, by identity (see `reconcile.py`): `stream replay`,
+    `poll repeat`, `channel overlap`. (Copies the gateway never emitted are `unexpected`.)"""
+    return reconcile(emitted, list(bodies)).duplicates
 
 
 def checkpoint_regressions(samples: Sequence[int | None]) -> list[tuple[int, int]]:
@@ -293,9 +343,39 @@ def checkpoint_regressions(samples: Sequence[int | None]) -> list[tuple[int, int
     return out
 
 
+def _plain(ch: str) -> bool:
+    """A character a log line shows as itself: printable ASCII."""
+    return " " <= ch <= "~"
+
+
+def _needles(value: str) -> list[str]:
+    """What to look for in a log for one personal value: the value itself when it is readable
+    (no control, format, surrogate, private-use or unassigned/noncharacter code point) and has a
+    letter or digit; and, when it has anything but printable ASCII, its printable ASCII runs of
+    three letters or digits or more (a log may escape, replace or drop the rest: a fictional name
+    next to an emoji or a lone surrogate still shows)."""
+    out: list[str] = []
+    readable = all(unicodedata.category(ch)[0] != "C" for ch in value)
+    if readable and value.strip() and any(ch.isalnum() for ch in value):
+        out.append(value)
+    if not all(_plain(ch) for ch in value):
+        run: list[str] = []
+        for ch in [*value, "\0"]:
+            if _plain(ch):
+                run.append(ch)
+                continue
+            fragment = "".join(run).strip()
+            run = []
+            if sum(c.isalnum() for c in fragment) >= 3:
+                out.append(fragment)
+    return out
+
+
 def personal_data_hits(lines: Iterable[str], values: Iterable[str]) -> list[str]:
-    """Log lines that contain a personal value as a whole word (case-sensitive)."""
-    wanted = sorted({v for v in values if v and v.strip()}, key=len, reverse=True)
+    """Log lines that contain a personal value as a whole word (case-sensitive). Values with odd
+    characters (control characters, lone surrogates, emoji...) are looked for by their readable
+    parts too (`_needles`)."""
+    wanted = sorted({n for v in values if v for n in _needles(v)}, key=len, reverse=True)
     if not wanted:
         return []
     pattern = re.compile(r"(?<![\w@.+-])(?:" + "|".join(re.escape(v) for v in wanted) + r")(?![\w@-])")
@@ -306,8 +386,8 @@ def personal_data_hits(lines: Iterable[str], values: Iterable[str]) -> list[str]
 class Verdict:
     emitted: int
     messages: int
-    delivered: int
-    lost: list[str]
+    delivered: int  # distinct emitted events accounted for on the queue
+    lost: list[str]  # eventIds (stream form) of the events counted lost
     unexpected: list[str]
     duplicates: Counter[str]
     regressions: list[tuple[int, int]]
@@ -315,17 +395,24 @@ class Verdict:
     conflicts: int
     pii_lines: list[str]
     bad_exits: list[int]
+    missing: list[str] = field(default_factory=list)  # on the queue by neither identity (lost or covered)
 
     @property
     def duplicate_total(self) -> int:
         return sum(self.duplicates.values())
+
+    @property
+    def covered(self) -> list[str]:
+        """Missing by identity but not lost: stream copies suppressed against a lookalike's poll copy."""
+        lost = set(self.lost)
+        return [event_id for event_id in self.missing if event_id not in lost]
 
     def problems(self) -> list[str]:
         out = []
         if self.lost:
             out.append(f"{len(self.lost)} lost")
         if self.unexpected:
-            out.append(f"{len(self.unexpected)} unexpected keys")
+            out.append(f"{len(self.unexpected)} unexpected")
         if self.duplicates.get(UNDOCUMENTED):
             out.append(f"{self.duplicates[UNDOCUMENTED]} undocumented duplicates")
         if self.regressions:
@@ -347,7 +434,7 @@ class Verdict:
 
 def check_invariants(
     *,
-    emitted: Mapping[int, str],
+    emitted: Sequence[EmittedEvent],
     bodies: Sequence[Mapping[str, Any]],
     checkpoints: Sequence[int | None],
     live_connections: Sequence[int],
@@ -356,24 +443,22 @@ def check_invariants(
     log_lines: Iterable[str],
     sigterm_exits: Sequence[int] = (),
 ) -> Verdict:
-    """Every invariant of a finished schedule. `emitted`: offset -> event key of every event the
-    gateway emitted; `bodies`: every message read from the queue, in order."""
-    by_key: dict[str, list[int]] = {}
-    for offset, key in emitted.items():
-        by_key.setdefault(key, []).append(offset)
-    delivered = Counter(str(b["eventKey"]) for b in bodies)
+    """Every invariant of a finished schedule. `emitted`: every event the gateway emitted (its
+    identity and content key); `bodies`: every message read from the queue, in order."""
+    accounts = reconcile(emitted, bodies)
     return Verdict(
-        emitted=len(emitted),
-        messages=len(bodies),
-        delivered=len(set(delivered) & set(by_key)),
-        lost=sorted(set(by_key) - set(delivered)),
-        unexpected=sorted(set(delivered) - set(by_key)),
-        duplicates=classify_duplicates(bodies, by_key),
+        emitted=accounts.emitted,
+        messages=accounts.messages,
+        delivered=accounts.delivered,
+        lost=accounts.lost,
+        unexpected=accounts.unexpected,
+        duplicates=accounts.duplicates,
         regressions=checkpoint_regressions(checkpoints),
         max_live_connections=max(live_connections, default=0),
         conflicts=conflicts,
         pii_lines=personal_data_hits(log_lines, personal_values),
         bad_exits=[code for code in sigterm_exits if code != 0],
+        missing=accounts.missing,
     )
 
 
@@ -396,7 +481,8 @@ class ScheduleResult:
     injected: dict[str, int] = field(default_factory=dict)
     proxied: dict[str, int] = field(default_factory=dict)  # requests passed through, not faulted
     close_codes: dict[str, int] = field(default_factory=dict)
-    lost_keys: list[str] = field(default_factory=list)
+    lost_keys: list[str] = field(default_factory=list)  # eventIds of lost events (the first 20)
+    covered: int = 0  # missing by identity, suppressed against a lookalike's poll copy: no loss
     duration: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase (see _Run.phase)
 
@@ -428,7 +514,8 @@ def summarise(results: Sequence[ScheduleResult], wall: float) -> list[str]:
         f"schedules {len(results)} (seeds {seeds[0]}-{seeds[-1]})" if seeds else "schedules 0",
         f"  events emitted {sum(r.emitted for r in results)}, "
         f"messages read {sum(r.messages for r in results)}",
-        f"  lost {sum(r.lost for r in results)}, unexpected {sum(r.unexpected for r in results)}",
+        f"  lost {sum(r.lost for r in results)}, unexpected {sum(r.unexpected for r in results)}"
+        f" (missing by identity but covered by a lookalike's poll copy: {sum(r.covered for r in results)})",
         "  duplicates " + (", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) if kinds else "none"),
         f"  failed schedules {len(failed)}"
         + (f" (seeds {', '.join(str(r.seed) for r in failed)})" if failed else ""),
@@ -648,7 +735,11 @@ class _Run:
         p = step.params
         self.say(step.describe())
         if step.kind == "emit":
-            self.control.emit(int(p["count"]), rate=float(p["rate"]), wait=False)
+            if "offset_jump" in p:
+                self.control.offset_jump(skip=int(p["offset_jump"]))
+            self.control.emit(
+                int(p["count"]), rate=float(p["rate"]), wait=False, adversarial=p.get("adversarial")
+            )
         elif step.kind == "drop":
             self.control.drop()
         elif step.kind == "close":
@@ -733,7 +824,7 @@ class _Run:
             wait_until(
                 lambda: self.control.state()["background_emits"] == 0, timeout=300, interval=0.2, what="emits"
             )
-        keys = self.emitted_keys()
+        emitted = self.emitted_events()
         grace_started = time.monotonic()
         # An AWS fault stays on through the steps after it (the steps themselves take no time, the
         # emits run in the background): until its count or duration runs out, every event is on
@@ -741,7 +832,7 @@ class _Run:
         grace_until = time.monotonic() + FAULT_GRACE
         while self.proxy.active() and time.monotonic() < grace_until:
             self.ensure_relay()
-            if set(keys.values()) <= set(reader.snapshot().keys()):
+            if reconcile(emitted, reader.snapshot().bodies).delivered >= len(emitted):
                 break
             time.sleep(0.2)
         self.timings["settle grace"] = round(time.monotonic() - grace_started, 3)
@@ -749,11 +840,11 @@ class _Run:
         self.ensure_relay()
         delivery_started = time.monotonic()
         deadline = delivery_started + DELIVERY_TIMEOUT
-        wanted = set(keys.values())
-        on_queue = len(wanted & set(reader.snapshot().keys()))
+        wanted = len(emitted)
+        on_queue = reconcile(emitted, reader.snapshot().bodies).delivered
         moved = delivery_started  # when the last new event reached the queue, or the last tick ended
         next_report = delivery_started + 5
-        while on_queue < len(wanted):
+        while on_queue < wanted:
             now = time.monotonic()
             if now > deadline:
                 self.notes.append(f"not every event on the queue after {DELIVERY_TIMEOUT:g}s")
@@ -763,10 +854,10 @@ class _Run:
                 self.tick()  # re-delivers spilled pages, as the scheduled Lambda would
                 moved = time.monotonic()
             if now > next_report:
-                self.say(f"delivery: {on_queue} of {len(wanted)} on the queue")
+                self.say(f"delivery: {on_queue} of {wanted} on the queue")
                 next_report = now + 5
             time.sleep(0.2)
-            arrived = len(wanted & set(reader.snapshot().keys()))
+            arrived = reconcile(emitted, reader.snapshot().bodies).delivered
             if arrived > on_queue:
                 on_queue, moved = arrived, time.monotonic()
         self.timings["settle delivery"] = round(time.monotonic() - delivery_started, 3)
@@ -790,9 +881,9 @@ class _Run:
         attributes = self.sqs.get_queue_attributes(QueueUrl=self.stack.queue_url, AttributeNames=names)
         return all(int(attributes["Attributes"].get(name, "0")) == 0 for name in names)
 
-    def emitted_keys(self) -> dict[int, str]:
-        now = datetime.now(UTC)
-        return {e.offset: from_poll(business_event_data(e), self.chain, now).event_key for e in self.events()}
+    def emitted_events(self) -> list[EmittedEvent]:
+        """Every event the gateway emitted, with its identity and content key."""
+        return emitted_events(self.events())
 
     def cleanup(self) -> None:
         for relay in self.relays:
@@ -816,7 +907,8 @@ def run_schedule(
     mark = time.monotonic()
     stack = provision(moto_endpoint, template, stack_name="ohip-relay-chaos", region=DEFAULT_REGION)
     result.timings["provision"] = round(time.monotonic() - mark, 3)
-    config = GatewayConfig(seed=schedule.seed)
+    first_offset = FIRST_OFFSET if schedule.first_offset is None else schedule.first_offset
+    config = GatewayConfig(seed=schedule.seed, first_offset=first_offset)
     mark = time.monotonic()
     with running_gateway(config) as gateway, running_fault_proxy(moto_endpoint, seed=schedule.seed) as proxy:
         result.timings["gateway+proxy start"] = round(time.monotonic() - mark, 3)
@@ -834,7 +926,7 @@ def run_schedule(
                     result.problems.append(f"harness: {exc}")
                 finally:
                     run.cleanup()
-            emitted = run.emitted_keys()
+            emitted = run.emitted_events()
             personal: set[str] = set()
             for event in run.events():
                 personal |= event.personal_values()
@@ -858,6 +950,7 @@ def run_schedule(
     result.delivered = verdict.delivered
     result.lost = len(verdict.lost)
     result.lost_keys = verdict.lost[:20]
+    result.covered = len(verdict.covered)
     result.unexpected = len(verdict.unexpected)
     result.duplicates = dict(verdict.duplicates)
     result.problems += verdict.problems()
@@ -873,7 +966,12 @@ def run_schedule(
         dump.write_text(
             "\n".join(
                 [f"plan: {schedule.describe()}", f"problems: {result.problems}", f"notes: {run.notes}"]
-                + [f"lost keys: {verdict.lost}", f"injected: {result.injected}", f"timings: {run.timings}"]
+                + [f"lost events: {verdict.lost}", f"missing by identity: {verdict.missing}"]
+                + [
+                    f"unexpected: {verdict.unexpected}",
+                    f"injected: {result.injected}",
+                    f"timings: {run.timings}",
+                ]
                 + [f"--- relay {i} ---\n" + relay.log() for i, relay in enumerate(run.relays)]
                 + ["--- ticks ---"]
                 + run.tick_lines

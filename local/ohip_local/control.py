@@ -3,7 +3,19 @@
 JSON in, JSON out. Bad input is a 400 `{"error": "...", "field": "<name>"}`.
 
     POST /emit           {count: 1-100000 (default 1), rate: events/s (0: all at once), hotel?, chain?,
-                          wait: bool (default true)} -> {count, first_offset, last_offset}
+                          wait: bool (default true), adversarial?, missing_as?}
+                         -> {count, first_offset, last_offset}
+                         `adversarial`: a kind name or a list of them ("lookalike", "unicode",
+                         "missing", "kind:variant", "all": adversarial.py); the events are drawn
+                         from those kinds instead of the generator (lookalike groups are
+                         appended at once; the last group may be cut short to fit `count`).
+                         `missing_as`: "absent" | "null", how the Poll API shows missing fields.
+    POST /offset-jump    {next: offset | skip: n >= 0, chain?} the next event gets `next` (or skips
+                         `skip` offsets); never backwards -> {chain, previous_next_offset, next_offset}
+    POST /offset-reset   {next: offset, chain?} ADVERSARIAL: the chain's log is numbered again from
+                         `next` (lower than before: offsets go backwards, as after a reset on OHIP's
+                         side; the old log is no longer replayed) -> {chain, previous_next_offset,
+                         next_offset, resets}
     POST /drop           drop every streaming connection without a close frame -> {dropped}
     POST /close          {code: 1000-4999, reason?} close every streaming connection -> {closed}
     POST /stall-pongs    {enabled} stop (or resume) answering the client's pings -> {enabled}
@@ -25,13 +37,14 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 from aiohttp import web
 
-from .source import StoredEvent
+from .adversarial import AdversarialUnit
+from .source import MAX_OFFSET, MISSING_STYLES, MissingAs, StoredEvent
 
 if TYPE_CHECKING:
     from .gateway import GatewayContext
@@ -156,29 +169,53 @@ class _Control:
         hotel = _choice(body, "hotel", cfg.hotels)
         chain = _choice(body, "chain", cfg.chains) or cfg.chains[0]
         wait = _bool(body, "wait", True)
+        missing_as = cast(MissingAs | None, _choice(body, "missing_as", MISSING_STYLES))
+        kinds = body.get("adversarial")
+        units: list[AdversarialUnit] | None = None
+        if kinds is not None:
+            if not isinstance(kinds, str | list) or not all(isinstance(k, str) for k in kinds):
+                raise BadInput("adversarial", "must be a kind name or a list of kind names")
+            try:  # drawn now, so that the draws follow the order of the calls
+                units = self.context.adversarial_units(count, kinds, hotel=hotel, missing_as=missing_as)
+            except ValueError as exc:
+                raise BadInput("adversarial", str(exc)) from None
+        elif missing_as is not None:
+            raise BadInput("missing_as", "applies to adversarial emits only")
         if wait:
-            emitted = await self._emit(count, rate, hotel, chain)
+            emitted = await self._emit(count, rate, hotel, chain, units)
             return web.json_response(
                 {"count": len(emitted), "first_offset": emitted[0].offset, "last_offset": emitted[-1].offset}
             )
         # In the background: 202 with the offsets the events will get unless another emission on
         # the same chain interleaves (the first one is always exact when nothing else is running).
         first = self.context.source.next_offset(chain)
-        task = asyncio.get_running_loop().create_task(self._background(count, rate, hotel, chain))
+        task = asyncio.get_running_loop().create_task(self._background(count, rate, hotel, chain, units))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return web.json_response(
             {"count": count, "first_offset": first, "last_offset": first + count - 1}, status=202
         )
 
-    async def _background(self, count: int, rate: float, hotel: str | None, chain: str) -> None:
+    async def _background(
+        self, count: int, rate: float, hotel: str | None, chain: str, units: list[AdversarialUnit] | None
+    ) -> None:
         try:
-            await self._emit(count, rate, hotel, chain)
+            await self._emit(count, rate, hotel, chain, units)
         except Exception:
             log.exception("background emit failed")
 
-    async def _emit(self, count: int, rate: float, hotel: str | None, chain: str) -> list[StoredEvent]:
-        """Append `count` events, `rate` per second (paced by the loop's monotonic clock)."""
+    async def _emit(
+        self,
+        count: int,
+        rate: float,
+        hotel: str | None,
+        chain: str,
+        units: list[AdversarialUnit] | None = None,
+    ) -> list[StoredEvent]:
+        """Append `count` events, `rate` per second (paced by the loop's monotonic clock); with
+        `units` (adversarial), those units' events, each unit appended at once."""
+        if units is not None:
+            return await self._emit_units(units, rate, chain)
         emitted: list[StoredEvent] = []
         if rate <= 0:
             while len(emitted) < count:
@@ -197,6 +234,63 @@ class _Control:
                 next_due = start + len(emitted) / rate
                 await asyncio.sleep(max(0.0, next_due - loop.time()))
         return emitted
+
+    async def _emit_units(self, units: list[AdversarialUnit], rate: float, chain: str) -> list[StoredEvent]:
+        emitted: list[StoredEvent] = []
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for n, unit in enumerate(units):
+            if rate > 0:
+                await asyncio.sleep(max(0.0, start + len(emitted) / rate - loop.time()))
+            elif n and n % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            emitted += self.context.append_unit(chain, unit)
+        return emitted
+
+    # -- offsets -------------------------------------------------------------------------------
+
+    async def offset_jump(self, request: web.Request) -> web.Response:
+        cfg = self.context.config
+        body = await _body(request)
+        chain = _choice(body, "chain", cfg.chains) or cfg.chains[0]
+        source = self.context.source
+        if (body.get("next") is None) == (body.get("skip") is None):
+            raise BadInput("next", "give either next (an offset) or skip (a count)")
+        if body.get("next") is not None:
+            target = _int(body, "next", None, 0, MAX_OFFSET)
+        else:
+            skip = _int(body, "skip", None, 0, MAX_OFFSET)
+            assert skip is not None
+            target = source.next_offset(chain) + skip
+        assert target is not None
+        if target < source.next_offset(chain):
+            raise BadInput(
+                "next",
+                f"must not be below the next offset {source.next_offset(chain)} "
+                "(offsets only increase; POST /offset-reset to make them go backwards)",
+            )
+        try:
+            previous = source.jump_offset(chain, target)
+        except ValueError as exc:
+            raise BadInput("next", str(exc)) from None
+        return web.json_response({"chain": chain, "previous_next_offset": previous, "next_offset": target})
+
+    async def offset_reset(self, request: web.Request) -> web.Response:
+        cfg = self.context.config
+        body = await _body(request)
+        chain = _choice(body, "chain", cfg.chains) or cfg.chains[0]
+        target = _required_int(body, "next", 0, MAX_OFFSET)
+        source = self.context.source
+        previous = source.reset_offset(chain, target)
+        log.warning("control: offsets of %s reset from %d to %d (adversarial)", chain, previous, target)
+        return web.json_response(
+            {
+                "chain": chain,
+                "previous_next_offset": previous,
+                "next_offset": target,
+                "resets": source.resets(chain),
+            }
+        )
 
     # -- streaming -----------------------------------------------------------------------------
 
@@ -294,6 +388,7 @@ class _Control:
                 "next_offset": source.next_offset(chain),
                 "events": len(source.all_events(chain)),
                 "approved": ctx.approved(chain),
+                "resets": source.resets(chain),
             }
             for chain in source.chains
         }
@@ -338,6 +433,8 @@ def build_control_app(
     control = _Control(context, streaming, poll, rest)
     app = web.Application(middlewares=[_errors])
     app.router.add_post("/emit", control.emit)
+    app.router.add_post("/offset-jump", control.offset_jump)
+    app.router.add_post("/offset-reset", control.offset_reset)
     app.router.add_post("/drop", control.drop)
     app.router.add_post("/close", control.close)
     app.router.add_post("/stall-pongs", control.stall_pongs)
@@ -367,12 +464,19 @@ def _payload(
     hotel: str | None = None,
     chain: str | None = None,
     wait: bool | None = None,
+    adversarial: str | list[str] | None = None,
+    missing_as: str | None = None,
 ) -> dict[str, Any]:
-    return {
-        k: v
-        for k, v in {"count": count, "rate": rate, "hotel": hotel, "chain": chain, "wait": wait}.items()
-        if v is not None
+    fields = {
+        "count": count,
+        "rate": rate,
+        "hotel": hotel,
+        "chain": chain,
+        "wait": wait,
+        "adversarial": adversarial,
+        "missing_as": missing_as,
     }
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def _result(method: str, path: str, response: httpx.Response) -> dict[str, Any]:
@@ -393,8 +497,36 @@ class _Commands:
     """The commands, as (method, path, body) triples both clients send."""
 
     @staticmethod
-    def emit(count: int, rate: float, hotel: str | None, chain: str | None, wait: bool) -> dict[str, Any]:
-        return _payload(count=count, rate=rate, hotel=hotel, chain=chain, wait=wait)
+    def emit(
+        count: int,
+        rate: float,
+        hotel: str | None,
+        chain: str | None,
+        wait: bool,
+        adversarial: str | Sequence[str] | None = None,
+        missing_as: str | None = None,
+    ) -> dict[str, Any]:
+        kinds = adversarial if adversarial is None or isinstance(adversarial, str) else list(adversarial)
+        return _payload(
+            count=count,
+            rate=rate,
+            hotel=hotel,
+            chain=chain,
+            wait=wait,
+            adversarial=kinds,
+            missing_as=missing_as,
+        )
+
+    @staticmethod
+    def offset_jump(next_offset: int | None, skip: int | None, chain: str | None) -> dict[str, Any]:
+        if (next_offset is None) == (skip is None):
+            raise TypeError("offset_jump() takes either next_offset or skip")
+        body: dict[str, Any] = {"next": next_offset} if next_offset is not None else {"skip": skip}
+        return {**body, **({"chain": chain} if chain is not None else {})}
+
+    @staticmethod
+    def offset_reset(next_offset: int, chain: str | None) -> dict[str, Any]:
+        return {"next": next_offset, **({"chain": chain} if chain is not None else {})}
 
     @staticmethod
     def poll_fault(mode: str, kw: Mapping[str, Any]) -> dict[str, Any]:
@@ -440,8 +572,22 @@ class ControlClient:
         hotel: str | None = None,
         chain: str | None = None,
         wait: bool = True,
+        adversarial: str | Sequence[str] | None = None,
+        missing_as: str | None = None,
     ) -> dict[str, Any]:
-        return self._call("POST", "/emit", _Commands.emit(count, rate, hotel, chain, wait))
+        """`adversarial`: kinds to draw from instead of the generator (see POST /emit)."""
+        body = _Commands.emit(count, rate, hotel, chain, wait, adversarial, missing_as)
+        return self._call("POST", "/emit", body)
+
+    def offset_jump(
+        self, next_offset: int | None = None, *, skip: int | None = None, chain: str | None = None
+    ) -> dict[str, Any]:
+        """The next event gets `next_offset` (or skips `skip` offsets); never backwards."""
+        return self._call("POST", "/offset-jump", _Commands.offset_jump(next_offset, skip, chain))
+
+    def offset_reset(self, next_offset: int, *, chain: str | None = None) -> dict[str, Any]:
+        """Adversarial: offsets go back to `next_offset`, as after a reset on OHIP's side."""
+        return self._call("POST", "/offset-reset", _Commands.offset_reset(next_offset, chain))
 
     def drop(self) -> dict[str, Any]:
         return self._call("POST", "/drop", {})
@@ -502,8 +648,22 @@ class AsyncControlClient:
         hotel: str | None = None,
         chain: str | None = None,
         wait: bool = True,
+        adversarial: str | Sequence[str] | None = None,
+        missing_as: str | None = None,
     ) -> dict[str, Any]:
-        return await self._call("POST", "/emit", _Commands.emit(count, rate, hotel, chain, wait))
+        """`adversarial`: kinds to draw from instead of the generator (see POST /emit)."""
+        body = _Commands.emit(count, rate, hotel, chain, wait, adversarial, missing_as)
+        return await self._call("POST", "/emit", body)
+
+    async def offset_jump(
+        self, next_offset: int | None = None, *, skip: int | None = None, chain: str | None = None
+    ) -> dict[str, Any]:
+        """The next event gets `next_offset` (or skips `skip` offsets); never backwards."""
+        return await self._call("POST", "/offset-jump", _Commands.offset_jump(next_offset, skip, chain))
+
+    async def offset_reset(self, next_offset: int, *, chain: str | None = None) -> dict[str, Any]:
+        """Adversarial: offsets go back to `next_offset`, as after a reset on OHIP's side."""
+        return await self._call("POST", "/offset-reset", _Commands.offset_reset(next_offset, chain))
 
     async def drop(self) -> dict[str, Any]:
         return await self._call("POST", "/drop", {})

@@ -6,7 +6,9 @@
 4. the gateway emits events at a steady rate while the demo breaks things: it drops the
    connection, expires the OAuth tokens (4401), kills the relay with SIGKILL and starts it again;
 5. a reader drains the queue as a downstream consumer would, the relay is stopped with SIGTERM
-   (complete, drain, checkpoint), and every emitted event is looked for on the queue.
+   (complete, drain, checkpoint), and every emitted event is looked for on the queue by its
+   identity (`eventId`, reconcile.py): distinct events are counted by eventId, not by content key,
+   which two lookalike changes share.
 
 It exits 0 only when no event was lost and the relay stopped cleanly.
 """
@@ -21,18 +23,24 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ohip_relay.events import from_poll
 from ohip_relay.state import StateStore, StreamState
 
 from .aws import DEFAULT_REGION, local_client, moto_server, provision
 from .control import ControlClient
 from .gateway import GatewayConfig
 from .harness import HarnessError, QueueReader, RelayProcess, wait_until
-from .poll import business_event_data
+from .reconcile import (
+    CHANNEL_OVERLAP,
+    POLL_REPEAT,
+    STREAM_REPLAY,
+    UNDOCUMENTED,
+    EmittedEvent,
+    emitted_event,
+    reconcile,
+)
 from .source import EventSource
 from .stack import environment_for, find_template
 from .threaded import running_gateway
@@ -98,35 +106,43 @@ def run_demo(*, events: int = 300, rate: float = 100.0, seed: int = 1, verbose: 
             echo = _relay_log_echo(verbose)
             reader = QueueReader(stack.queue_url, endpoint_url=endpoint, region=stack.region)
             chain = config.chains[0]
-            # The event key of every change the gateway emits (the same on both channels).
-            keys = _EmittedKeys(gateway.source, chain)
+            # The identity and content key of every change the gateway emits.
+            tracked = _Emitted(gateway.source, chain)
             with reader:
                 state = StateStore(_dynamodb(endpoint, stack.region), stack.table_name, chain)
                 status, suppressed = _scenario(
-                    control, env, reader, keys, events=events, rate=rate, echo=echo, state=state
+                    control, env, reader, tracked, events=events, rate=rate, echo=echo, state=state
                 )
                 fallback = state.get_fallback()
                 delivered = reader.snapshot()
-            emitted = keys.all()
-    counts = Counter(delivered.keys())
-    lost = sorted(emitted - set(counts))
-    unexpected = sorted(set(counts) - emitted)
-    duplicates = sum(n - 1 for n in counts.values() if n > 1)
+            emitted = tracked.all()
+    accounts = reconcile(emitted, delivered.bodies)
+    lost, unexpected = accounts.lost, accounts.unexpected
+    duplicates = accounts.duplicates
     by_source = Counter(str(body.get("source")) for body in delivered.bodies)
+    kinds = ", ".join(
+        f"{kind} {duplicates[kind]}"
+        for kind in (STREAM_REPLAY, CHANNEL_OVERLAP, POLL_REPEAT, UNDOCUMENTED)
+        if duplicates[kind]
+    )
     _say("")
-    _say("reconciliation (by eventKey)")
+    _say("reconciliation (by event identity: eventId)")
     _say(f"  emitted by the gateway          {len(emitted)}")
     _say(
         f"  messages on the queue           {len(delivered.bodies)} (stream {by_source['stream']}, "
-        f"poll {by_source['poll']})"
+        f"poll {by_source['poll']}; {len(set(delivered.event_ids()))} distinct eventIds)"
     )
-    _say(f"  distinct events delivered       {len(counts)}")
-    _say(f"  duplicates on the queue         {duplicates} (same eventKey: consumers drop them, see the")
-    _say("                                  example consumer; real SQS FIFO also drops resends within 5 min)")
+    _say(f"  distinct events delivered       {accounts.delivered}")
+    _say(f"  duplicates on the queue         {sum(duplicates.values())}" + (f" ({kinds})" if kinds else ""))
+    _say("                                  consumers drop them by eventId, see the example consumer;")
+    _say("                                  real SQS FIFO also drops resends within 5 min")
     if fallback is not None:
         _say(f"  fallback: published from poll   {fallback.counter('published')}")
         _say(f"  fallback: seen-set suppressed   {fallback.counter('duplicates')}")
     _say(f"  stream: seen-set suppressed     {suppressed} (replayed events the fallback had sent)")
+    if accounts.covered:
+        _say(f"  covered by a lookalike          {len(accounts.covered)} (stream copy suppressed against")
+        _say("                                  the poll copy of an identical change)")
     _say(f"  lost                            {len(lost)}")
     _say(f"  unexpected                      {len(unexpected)}")
     _say(f"  relay exit status               {status}")
@@ -155,7 +171,7 @@ def _scenario(
     control: ControlClient,
     env: dict[str, str],
     reader: QueueReader,
-    keys: _EmittedKeys,
+    tracked: _Emitted,
     *,
     events: int,
     rate: float,
@@ -213,7 +229,7 @@ def _scenario(
         _say("step 6: waiting until every event is on the queue")
         try:
             wait_until(
-                lambda: keys.all() <= set(reader.snapshot().keys()),
+                lambda: _all_delivered(tracked.all(), reader),
                 timeout=DELIVERY_TIMEOUT,
                 interval=0.2,
                 what="every event on the queue",
@@ -229,18 +245,23 @@ def _scenario(
             relay.kill()
 
 
-class _EmittedKeys:
+class _Emitted:
+    """The events the gateway emitted on a chain, with their content keys (computed once)."""
+
     def __init__(self, source: EventSource, chain: str) -> None:
         self._source = source
         self._chain = chain
-        self._keys: dict[int, str] = {}
+        self._events: dict[int, EmittedEvent] = {}  # by businessEventId (unique, unlike offsets)
 
-    def all(self) -> set[str]:
-        now = datetime.now(UTC)
+    def all(self) -> list[EmittedEvent]:
         for event in self._source.all_events(self._chain):
-            if event.offset not in self._keys:
-                self._keys[event.offset] = from_poll(business_event_data(event), self._chain, now).event_key
-        return set(self._keys.values())
+            if event.business_event_id not in self._events:
+                self._events[event.business_event_id] = emitted_event(event)
+        return list(self._events.values())
+
+
+def _all_delivered(emitted: list[EmittedEvent], reader: QueueReader) -> bool:
+    return reconcile(emitted, reader.snapshot().bodies).delivered >= len(emitted)
 
 
 def _suppressed(relay: RelayProcess) -> int:

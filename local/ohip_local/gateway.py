@@ -5,16 +5,23 @@
         gw.control_url    # the control interface (tests and the demo drive the gateway with it)
         gw.source         # the event source both channels read
         gw.emit(10)       # append 10 generated events
+        gw.emit(6, adversarial=("lookalike",))   # or adversarial ones (adversarial.py)
 
-`serve_forever(config)` runs one until cancelled (`ohip-relay local gateway`).
+`serve_forever(config)` runs one until cancelled (`ohip-relay local gateway`); the environment
+variable `OHIP_LOCAL_FIRST_OFFSET` sets where every chain's offsets start (default 1001; 0 and up
+to 20 digits are allowed, see `GatewayConfig.first_offset`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import math
+import os
 import socket
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -23,9 +30,20 @@ from aiohttp import web
 
 from ohip_relay.errors import StartupError
 
+from .adversarial import AdversarialGenerator, AdversarialUnit, parse_selection
 from .generator import EventGenerator
 from .oauth import OAuthEndpoint, TokenStore
-from .source import RETENTION_SECONDS, Clock, EventSource, StoredEvent
+from .source import (
+    FIRST_OFFSET,
+    MAX_OFFSET,
+    RETENTION_SECONDS,
+    Clock,
+    EventSource,
+    MissingAs,
+    StoredEvent,
+)
+
+FIRST_OFFSET_ENV = "OHIP_LOCAL_FIRST_OFFSET"
 
 
 class GatewayError(StartupError):
@@ -56,6 +74,11 @@ class GatewayConfig:
     # The key the token endpoint accepts (None: `app_key`). Another value reproduces an application
     # that can get tokens but that the streaming endpoint does not know (HTTP 401 on the handshake).
     oauth_app_key: str | None = None
+    # Where each chain's log starts: `first_offset` for every chain, `first_offsets` per chain
+    # ((chain, offset) pairs). 0 and offsets of 19-20 digits (up to 10**20 - 1) are legal and
+    # adversarial: a relay must not treat offset 0 as "nothing" nor assume a 64-bit integer.
+    first_offset: int = FIRST_OFFSET
+    first_offsets: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("port", "control_port"):
@@ -69,6 +92,14 @@ class GatewayConfig:
         for name in ("token_lifetime", "init_timeout", "server_ping_interval", "pong_timeout", "retention"):
             if getattr(self, name) <= 0:
                 raise GatewayError(f"gateway {name.replace('_', ' ')} must be positive")
+        for chain, offset in (("", self.first_offset), *self.first_offsets):
+            if chain and chain not in self.chains:
+                raise GatewayError(f"gateway first offsets name an unknown chain {chain!r}")
+            if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+                raise GatewayError(f"gateway first offset must be an integer from 0 to {MAX_OFFSET}")
+
+    def first_offset_of(self, chain: str) -> int:
+        return dict(self.first_offsets).get(chain, self.first_offset)
 
     @property
     def key_hash(self) -> str:
@@ -89,11 +120,60 @@ class GatewayContext:
     def approved(self, chain: str) -> bool:
         return self.approvals.get(chain, False)
 
+    adversary: AdversarialGenerator | None = None
+
+    def __post_init__(self) -> None:
+        if self.adversary is None:
+            self.adversary = AdversarialGenerator(seed=self.config.seed, hotels=self.config.hotels)
+
     def emit(
-        self, count: int = 1, *, hotel: str | None = None, chain: str | None = None
+        self,
+        count: int = 1,
+        *,
+        hotel: str | None = None,
+        chain: str | None = None,
+        adversarial: str | Sequence[str] | None = None,
+        missing_as: MissingAs | None = None,
     ) -> list[StoredEvent]:
+        """Append `count` events: generated ones, or adversarial ones of the kinds named by
+        `adversarial` ("lookalike", "unicode:surrogate", "all", ...: adversarial.py)."""
         target = chain or self.config.chains[0]
-        return [self.source.append(target, self.generator.next_draft(hotel=hotel)) for _ in range(count)]
+        if adversarial is None:
+            return [self.source.append(target, self.generator.next_draft(hotel=hotel)) for _ in range(count)]
+        units = self.adversarial_units(count, adversarial, hotel=hotel, missing_as=missing_as)
+        return [event for unit in units for event in self.append_unit(target, unit)]
+
+    def adversarial_units(
+        self,
+        count: int,
+        kinds: str | Sequence[str],
+        *,
+        hotel: str | None = None,
+        missing_as: MissingAs | None = None,
+    ) -> list[AdversarialUnit]:
+        """Adversarial units holding exactly `count` events (ValueError for an unknown kind)."""
+        assert self.adversary is not None
+        return self.adversary.units(parse_selection(kinds), count, hotel=hotel, missing_as=missing_as)
+
+    def append_unit(self, chain: str, unit: AdversarialUnit) -> list[StoredEvent]:
+        """Append a unit's events at once; lookalikes are stamped within one second of the clock."""
+        now = self.clock()
+        step = 0.0001 if math.floor(now + 0.0001 * len(unit.drafts)) == math.floor(now) else 0.0
+        return [
+            self.source.append(chain, draft, created_at=now + i * step if unit.same_second else None)
+            for i, draft in enumerate(unit.drafts)
+        ]
+
+
+def config_from_environment(config: GatewayConfig, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """`config` with `OHIP_LOCAL_FIRST_OFFSET` (when set) as every chain's first offset."""
+    env = os.environ if environ is None else environ
+    text = env.get(FIRST_OFFSET_ENV, "").strip()
+    if not text:
+        return config
+    if not text.isascii() or not text.isdigit() or len(text) > 20:
+        raise GatewayError(f"{FIRST_OFFSET_ENV} must be 1-20 digits (0 to {MAX_OFFSET})")
+    return dataclasses.replace(config, first_offset=int(text))
 
 
 def _bind(host: str, port: int, what: str) -> socket.socket:
@@ -123,7 +203,13 @@ class LocalGateway:
         self.context = GatewayContext(
             config=cfg,
             source=EventSource(
-                cfg.chains, cfg.external_systems, retention=cfg.retention, clock=clock, seed=cfg.seed
+                cfg.chains,
+                cfg.external_systems,
+                retention=cfg.retention,
+                clock=clock,
+                seed=cfg.seed,
+                first_offset=cfg.first_offset,
+                first_offsets=dict(cfg.first_offsets),
             ),
             tokens=TokenStore(cfg.token_lifetime, clock),
             generator=EventGenerator(seed=cfg.seed, hotels=cfg.hotels),
@@ -166,9 +252,17 @@ class LocalGateway:
         return self.url.replace("http://", "ws://", 1) + f"/subscriptions?key={self.config.key_hash}"
 
     def emit(
-        self, count: int = 1, *, hotel: str | None = None, chain: str | None = None
+        self,
+        count: int = 1,
+        *,
+        hotel: str | None = None,
+        chain: str | None = None,
+        adversarial: str | Sequence[str] | None = None,
+        missing_as: MissingAs | None = None,
     ) -> list[StoredEvent]:
-        return self.context.emit(count, hotel=hotel, chain=chain)
+        return self.context.emit(
+            count, hotel=hotel, chain=chain, adversarial=adversarial, missing_as=missing_as
+        )
 
     async def start(self) -> None:
         cfg = self.config
@@ -204,9 +298,13 @@ class LocalGateway:
 
 
 async def serve_forever(config: GatewayConfig) -> None:
-    """Run a gateway until cancelled (Ctrl-C), printing where it listens and how to point the relay at it."""
+    """Run a gateway until cancelled (Ctrl-C), printing where it listens and how to point the relay at it.
+    `OHIP_LOCAL_FIRST_OFFSET` in the environment sets where the chains' offsets start."""
+    config = config_from_environment(config)
     async with LocalGateway(config) as gw:
         print(f"local OHIP gateway on {gw.url} (control interface {gw.control_url})")
+        if config.first_offset != FIRST_OFFSET:
+            print(f"offsets start at {config.first_offset} ({FIRST_OFFSET_ENV})")
         print(f"export OHIP_GATEWAY_URL={gw.url}")
         print(f"export OHIP_CLIENT_ID={config.client_id}")
         print(f"export OHIP_CLIENT_SECRET={config.client_secret}")

@@ -12,7 +12,9 @@ list some unchanged elements (old == new), as OPERA does, so a stream subscripti
 `delta: true` visibly sends less.
 
 No two drafts describe the same change: the same event name, resource and changed elements never
-repeat (the relay's event key could not tell two such changes apart within one second).
+repeat (the relay's event key could not tell two such changes apart within one second). Real
+OPERA does repeat them; `adversarial.py` makes such lookalikes, odd Unicode and missing fields on
+request (`emit(..., adversarial=...)`), from a generator of its own, leaving these drafts as they are.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ from typing import IO, Any
 
 import boto3
 
+from .reconcile import body_event_id
+
 
 class HarnessError(RuntimeError):
     pass
@@ -145,7 +147,12 @@ class Delivered:
         return [int(b["offset"]) for b in self.bodies if b.get("offset") is not None]
 
     def keys(self) -> list[str]:
+        """Content keys: equal for one change on both channels, and for two lookalike changes."""
         return [str(b["eventKey"]) for b in self.bodies]
+
+    def event_ids(self) -> list[str]:
+        """Event identities (`eventId`; derived for a body of an older relay, see reconcile.py)."""
+        return [body_event_id(b) for b in self.bodies]
 
 
 class QueueReader:

@@ -13,6 +13,12 @@ Integration Processor spec (`16`, or `"16"`), ids as JSON numbers or strings, `c
 as `"2026-11-25 10:15:38.0"` (UTC, whole seconds, no zone), and detail attributes left out when
 empty.
 
+Adversarial events (`adversarial.py`) may lack `hotelId` (a chain-level event), `publisherId`,
+`actionId`, the `details` list, detail values or scopes: each is left out, or sent as null when the
+event says `missing_as="null"`. An empty detail list is `"details": []`. Strings go out as they
+are stored, odd Unicode included; the JSON is ASCII (`ensure_ascii`), so a lone UTF-16 surrogate
+is the escape `\ud83d`, which JSON allows, and never an encoding error.
+
 Faults for the relay's fallback tests (`set_fault`) are applied before anything is dequeued, so
 a faulted request never loses an event: "5xx" answers `status`, "429" answers Too Many Requests
 (with `Retry-After` when given), "slow" waits `delay` seconds and then serves normally, "off"
@@ -36,7 +42,7 @@ from aiohttp import web
 from ohip_relay.events import MODULES
 
 from .faults import take_fault
-from .source import Detail, StoredEvent
+from .source import Detail, MissingAs, StoredEvent
 
 if TYPE_CHECKING:
     from .gateway import GatewayContext
@@ -96,7 +102,7 @@ def module_name_value(event: StoredEvent) -> str | int:
 def _number_or_text(value: int | str, flip: bool) -> int | str:
     """An id as a JSON number or as a string (OHIP sends both)."""
     text = str(value)
-    return int(text) if flip and _DIGITS.match(text) else text
+    return int(text) if flip and _DIGITS.fullmatch(text) else text
 
 
 def created_date_time(event: StoredEvent) -> str:
@@ -104,8 +110,9 @@ def created_date_time(event: StoredEvent) -> str:
     return f"{event.created_datetime:%Y-%m-%d %H:%M:%S}.0"
 
 
-def detail_item(detail: Detail) -> dict[str, str]:
-    item = {"dataElement": detail.element_name}
+def detail_item(detail: Detail, missing_as: MissingAs = "absent") -> dict[str, str | None]:
+    """One `details` entry: empty values left out; a missing one (None) left out or null."""
+    item: dict[str, str | None] = {"dataElement": detail.element_name}
     for name, value in (
         ("oldValue", detail.old_value),
         ("newValue", detail.new_value),
@@ -114,26 +121,35 @@ def detail_item(detail: Detail) -> dict[str, str]:
     ):
         if value:
             item[name] = value
+        elif value is None and missing_as == "null":
+            item[name] = None
     return item
 
 
 def business_event_data(event: StoredEvent) -> dict[str, Any]:
     """One item of `businessEventData` for a stored event."""
     action = event.action_instance_id
+    null = event.missing_as == "null"
     header: dict[str, Any] = {
         "moduleName": module_name_value(event),
         "actionType": event.event_name,
-        "actionId": _number_or_text(action, action % 3 == 0),
+        "actionId": _number_or_text(action, action % 3 == 0) if event.has_action_id else None,
         "primaryKey": _number_or_text(event.primary_key, action % 5 == 0),
         "parentActionId": _number_or_text(event.parent_action_id, action % 3 == 1),
-        "publisherId": _number_or_text(event.publisher_id, action % 7 < 3),
+        "publisherId": (
+            None if event.publisher_id is None else _number_or_text(event.publisher_id, action % 7 < 3)
+        ),
         "createdDateTime": created_date_time(event),
         "hotelId": event.hotel,
     }
-    return {
-        "businessEvent": {"header": header, "details": [detail_item(d) for d in event.details]},
-        "businessEventId": {"id": str(event.business_event_id)},
-    }
+    if not null:
+        header = {k: v for k, v in header.items() if v is not None}
+    business_event: dict[str, Any] = {"header": header}
+    if event.has_detail:
+        business_event["details"] = [detail_item(d, event.missing_as) for d in event.details]
+    elif null:
+        business_event["details"] = None
+    return {"businessEvent": business_event, "businessEventId": {"id": str(event.business_event_id)}}
 
 
 class PollEndpoint:
@@ -221,6 +237,7 @@ class PollEndpoint:
         if not events:
             return web.Response(status=204)
         self.events_served += len(events)
+        # json.dumps's default ensure_ascii: odd Unicode (lone surrogates included) goes out escaped
         return web.json_response({"businessEventData": [business_event_data(e) for e in events]})
 
     # -- state -----------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ class _State:
         self.last_event = event.event_name
         self.last_offset = event.offset
         self.modified_at = event.created_at
-        self.publisher = event.publisher_id
+        self.publisher = event.publisher_id or ""
         if not self.created_at:
             self.created_at = event.created_at
 
@@ -200,16 +200,16 @@ class ResourceStore:
 
     def apply(self, event: StoredEvent) -> None:
         if event.module == "RESERVATION":
-            key = (event.hotel, event.primary_key)
+            key = (event.hotel or "", event.primary_key)  # "": a chain-level event (no hotel)
             state = self._reservations.get(key)
             if state is None:
-                state = self._reservations[key] = _State(event.hotel, event.module, event.primary_key)
+                state = self._reservations[key] = _State(key[0], event.module, event.primary_key)
             state.apply(event)
         elif event.module == "PROFILE":
             state = self._profiles.get(event.primary_key)
             if state is None:
                 state = self._profiles[event.primary_key] = _State(
-                    event.hotel, event.module, event.primary_key
+                    event.hotel or "", event.module, event.primary_key
                 )
             state.apply(event)
 

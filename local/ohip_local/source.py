@@ -6,6 +6,13 @@ Every business change appended here gets the next offset of its chain (the Strea
 every external system configured for that chain (the Poll API dequeues from there). Events older
 than the retention (7 days) are no longer replayed. Time comes from an injectable clock so that
 retention can be tested without waiting a week.
+
+Offsets start at `first_offset` (1001 unless configured; per chain when `first_offsets` says so;
+0 and 19-20 digit offsets are legal: a Kafka-like log is 64-bit and may start at 0). Offsets
+always increase: `jump_offset` makes the next event skip ahead, never back. `reset_offset` is
+the one way back and is adversarial: it simulates a reset on OHIP's side (the chain's log is
+numbered again from a lower offset; events from before the reset are no longer replayed, though
+`all_events` and the poll queues keep them). A relay is right to stop streaming on it.
 """
 
 from __future__ import annotations
@@ -15,15 +22,32 @@ import itertools
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Literal
 
 Clock = Callable[[], float]
 Listener = Callable[["StoredEvent"], None]
+ResetListener = Callable[[str, int], None]  # (chain, the offset the log now restarts from)
 
 RETENTION_SECONDS = 7 * 24 * 3600.0
 FIRST_OFFSET = 1001
+MAX_OFFSET = 10**20 - 1  # 20 digits: the longest offset the schema's scalar type allows
+
+# How a channel shows a field the event lacks. The Streaming API always answers a selected field
+# (GraphQL), with null when there is no value; the Poll API leaves it out ("absent") or sends null.
+MissingAs = Literal["absent", "null"]
+MISSING_STYLES: tuple[MissingAs, ...] = ("absent", "null")
+# Fields an event can lack although the source would normally fill them in (see EventDraft.omit).
+OMITTABLE = frozenset({"uniqueEventId", "actionInstanceId", "detail"})
+
+
+def check_offset(value: object, what: str = "offset") -> int:
+    """`value` as an offset (0 to MAX_OFFSET), or ValueError naming `what`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_OFFSET:
+        raise ValueError(f"{what} must be an integer from 0 to {MAX_OFFSET} (at most 20 digits)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -43,14 +67,33 @@ class Detail:
 
 @dataclass(frozen=True)
 class EventDraft:
-    """A business change before the source numbers it."""
+    """A business change before the source numbers it.
 
-    hotel: str
+    The fields after `details` describe adversarial shapes (`adversarial.py`); their defaults give
+    the generator's friendly events. `hotel` None is a chain-level event (no hotelId), and
+    `publisher_id` None an event without publisherId. `omit` names fields of OMITTABLE the event
+    lacks: "uniqueEventId" (stream metadata), "actionInstanceId" (stream; the Poll API's actionId),
+    "detail" (no detail list at all, unlike an empty one). `missing_as` is how the Poll API shows a
+    missing field (header field, details list, detail value or scope). `null_values`: a detail
+    value that is None goes out on the stream as null rather than "".
+    """
+
+    hotel: str | None
     module: str  # "RESERVATION", "PROFILE"
     event_name: str  # "NEW RESERVATION", "UPDATE PROFILE", ...
     primary_key: str
-    publisher_id: str
+    publisher_id: str | None
     details: tuple[Detail, ...]
+    omit: frozenset[str] = frozenset()
+    missing_as: MissingAs = "absent"
+    null_values: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = self.omit - OMITTABLE
+        if unknown:
+            raise ValueError(f"cannot omit {', '.join(sorted(unknown))}: only {', '.join(sorted(OMITTABLE))}")
+        if self.missing_as not in MISSING_STYLES:
+            raise ValueError(f"missing_as must be one of {', '.join(MISSING_STYLES)}")
 
 
 @dataclass(frozen=True)
@@ -59,17 +102,30 @@ class StoredEvent:
 
     chain: str
     offset: int
-    unique_event_id: str
-    action_instance_id: int
+    unique_event_id: str | None  # None: the stream sends no uniqueEventId (EventDraft.omit)
+    action_instance_id: int  # always numbered (ids and Poll API variants derive from it)
     parent_action_id: int
     business_event_id: int
     created_at: float  # epoch seconds (the source's clock)
-    hotel: str
+    hotel: str | None
     module: str
     event_name: str
     primary_key: str
-    publisher_id: str
+    publisher_id: str | None
     details: tuple[Detail, ...]
+    omit: frozenset[str] = frozenset()
+    missing_as: MissingAs = "absent"
+    null_values: bool = False
+
+    @property
+    def has_action_id(self) -> bool:
+        """False when the event is sent without actionInstanceId / actionId."""
+        return "actionInstanceId" not in self.omit
+
+    @property
+    def has_detail(self) -> bool:
+        """False when the event is sent without any detail list (not even an empty one)."""
+        return "detail" not in self.omit
 
     @property
     def created_datetime(self) -> datetime:
@@ -86,9 +142,12 @@ class StoredEvent:
 
 @dataclass
 class _ChainLog:
+    next_offset: int = FIRST_OFFSET
+    # the log since the last reset (what the stream replays): offsets strictly increasing
     offsets: list[int] = field(default_factory=list)
     events: list[StoredEvent] = field(default_factory=list)
-    next_offset: int = FIRST_OFFSET
+    history: list[StoredEvent] = field(default_factory=list)  # every event ever appended, in order
+    resets: int = 0
 
 
 class UnknownChain(KeyError):
@@ -106,10 +165,21 @@ class EventSource:
         retention: float = RETENTION_SECONDS,
         clock: Clock = time.time,
         seed: int = 1,
+        first_offset: int = FIRST_OFFSET,
+        first_offsets: Mapping[str, int] | None = None,
     ) -> None:
-        self._logs = {chain: _ChainLog() for chain in chains}
+        """`first_offset`: where every chain's log starts; `first_offsets`: per chain, overriding it."""
+        check_offset(first_offset, "first_offset")
+        starts = dict(first_offsets or {})
+        unknown = set(starts) - set(chains)
+        if unknown:
+            raise ValueError(f"first_offsets names an unknown chain: {sorted(unknown)[0]}")
+        for chain, offset in starts.items():
+            check_offset(offset, f"first offset of chain {chain}")
+        self._logs = {chain: _ChainLog(next_offset=starts.get(chain, first_offset)) for chain in chains}
         self._poll: dict[str, deque[StoredEvent]] = {code: deque() for code in external_systems}
         self._listeners: dict[str, list[Listener]] = {chain: [] for chain in chains}
+        self._reset_listeners: list[ResetListener] = []
         self.retention = retention
         self.clock = clock
         self._ids = itertools.count(3_310_000 + seed * 1000)
@@ -129,29 +199,37 @@ class EventSource:
         except KeyError:
             raise UnknownChain(chain) from None
 
-    def append(self, chain: str, draft: EventDraft) -> StoredEvent:
-        """Number and store one change, queue it for polling, tell the live subscribers."""
+    def append(self, chain: str, draft: EventDraft, *, created_at: float | None = None) -> StoredEvent:
+        """Number and store one change, queue it for polling, tell the live subscribers.
+        `created_at` (epoch seconds) overrides the clock: lookalike events share a second."""
         log = self._log(chain)
         offset = log.next_offset
+        if offset > MAX_OFFSET:
+            raise ValueError(f"chain {chain}: the offset would pass {MAX_OFFSET} (20 digits)")
         log.next_offset += 1
         action = next(self._ids)
+        unique_event_id = str(uuid.UUID(int=(self._uuid_seed << 64) + action, version=4))
         event = StoredEvent(
             chain=chain,
             offset=offset,
-            unique_event_id=str(uuid.UUID(int=(self._uuid_seed << 64) + action, version=4)),
+            unique_event_id=None if "uniqueEventId" in draft.omit else unique_event_id,
             action_instance_id=action,
             parent_action_id=action - 1,
             business_event_id=action + 4_000_000,
-            created_at=self.clock(),
+            created_at=self.clock() if created_at is None else created_at,
             hotel=draft.hotel,
             module=draft.module,
             event_name=draft.event_name,
             primary_key=draft.primary_key,
             publisher_id=draft.publisher_id,
             details=draft.details,
+            omit=draft.omit,
+            missing_as=draft.missing_as,
+            null_values=draft.null_values,
         )
         log.offsets.append(offset)
         log.events.append(event)
+        log.history.append(event)
         for queue in self._poll.values():
             queue.append(event)
         for listener in list(self._listeners[chain]):
@@ -160,6 +238,49 @@ class EventSource:
 
     def extend(self, chain: str, drafts: Iterable[EventDraft]) -> list[StoredEvent]:
         return [self.append(chain, draft) for draft in drafts]
+
+    # -- offsets ---------------------------------------------------------------------------------
+
+    def jump_offset(self, chain: str, next_offset: int) -> int:
+        """The next event of `chain` gets `next_offset`, which must not be below the next offset
+        it would have had (offsets never go back without an explicit reset). Returns the old one."""
+        log = self._log(chain)
+        check_offset(next_offset, "next offset")
+        if next_offset < log.next_offset:
+            raise ValueError(
+                f"next offset {next_offset} is below {log.next_offset}: offsets only increase "
+                "(an offset reset must be asked for explicitly)"
+            )
+        previous, log.next_offset = log.next_offset, next_offset
+        return previous
+
+    def reset_offset(self, chain: str, next_offset: int) -> int:
+        """Adversarial: number `chain`'s log again from `next_offset` (usually lower than before),
+        as a reset on OHIP's side would. Events from before the reset are no longer replayed;
+        `all_events` and the poll queues keep them. Returns the next offset before the reset."""
+        log = self._log(chain)
+        check_offset(next_offset, "next offset")
+        previous = log.next_offset
+        log.next_offset = next_offset
+        log.offsets = []
+        log.events = []
+        log.resets += 1
+        for listener in list(self._reset_listeners):
+            listener(chain, next_offset)
+        return previous
+
+    def resets(self, chain: str) -> int:
+        return self._log(chain).resets
+
+    def on_reset(self, listener: ResetListener) -> Callable[[], None]:
+        """Call `listener(chain, next_offset)` on every offset reset; returns the remover."""
+        self._reset_listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._reset_listeners:
+                self._reset_listeners.remove(listener)
+
+        return remove
 
     # -- streaming side ------------------------------------------------------------------------
 
@@ -199,7 +320,8 @@ class EventSource:
         return self._log(chain).next_offset
 
     def all_events(self, chain: str) -> list[StoredEvent]:
-        return list(self._log(chain).events)
+        """Every event ever appended to `chain`, in order (across offset resets)."""
+        return list(self._log(chain).history)
 
     # -- poll side -------------------------------------------------------------------------------
 

@@ -294,7 +294,7 @@ async def test_state(
 ) -> None:
     state = await control.state()
     assert state["chains"] == {
-        "LOCALCHAIN": {"highest": None, "next_offset": 1001, "events": 0, "approved": True}
+        "LOCALCHAIN": {"highest": None, "next_offset": 1001, "events": 0, "approved": True, "resets": 0}
     }
     assert state["poll"]["queued"] == {"RELAY": 0}
     assert state["tokens_issued"] == 0
@@ -307,6 +307,7 @@ async def test_state(
         "next_offset": 1005,
         "events": 4,
         "approved": True,
+        "resets": 0,
     }
     assert state["poll"]["queued"] == {"RELAY": 4}
     assert state["tokens_issued"] == 1
