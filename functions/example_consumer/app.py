@@ -5,11 +5,14 @@
   a FIFO queue (the default) the FIFO processor is used with `skip_group_on_error`: after a failed
   record, the later records of the same message group (the same reservation or profile) are
   returned too, so a resource's events are never processed out of order; other groups go on.
-* Idempotency on the body's `eventKey` (Powertools idempotency, DynamoDB persistence layer in the
+* Idempotency on the body's `eventId` (Powertools idempotency, DynamoDB persistence layer in the
   table named by `IDEMPOTENCY_TABLE_NAME`, hash key `id`, TTL attribute `expiration`): the relay
-  delivers at least once, so the same `eventKey` may arrive twice; it is processed once.
+  delivers at least once, so the same event (the same `eventId`) may arrive twice; it is processed
+  once. Not on `eventKey`: two distinct changes that look alike (a field set, cleared and set again
+  within one second) share it, and both must be processed (docs/event-format.md, "Which key to
+  use"). Messages of relays older than `eventId` fall back to `eventKey`.
 * Claim checks: an event too large for SQS arrives as `{"schemaVersion": 1, "eventKey": ...,
-  "claimCheck": {"bucket", "key", "bytes"}}`; the event itself is read from S3.
+  "eventId": ..., "claimCheck": {"bucket", "key", "bytes"}}`; the event itself is read from S3.
 
 Put your logic in `handle_event`. Event bodies carry personal data: log identifiers, not bodies.
 """
@@ -46,7 +49,7 @@ persistence = DynamoDBPersistenceLayer(
     boto3_client=boto3.client("dynamodb", endpoint_url=_ENDPOINT),
 )
 idempotency = IdempotencyConfig(
-    event_key_jmespath="eventKey",
+    event_key_jmespath="eventId || eventKey",
     raise_on_no_idempotency_key=True,
     expires_after_seconds=8 * 24 * 3600,  # longer than OHIP's 7-day replay window
 )
@@ -56,10 +59,11 @@ fifo_processor = SqsFifoPartialProcessor(skip_group_on_error=True)
 
 
 def handle_event(event: dict[str, Any]) -> None:
-    """Your business logic, called once per `eventKey`. Raise to have the record retried."""
+    """Your business logic, called once per `eventId`. Raise to have the record retried."""
     logger.info(
         "event received",
         extra={
+            "eventId": event.get("eventId"),
             "eventKey": event["eventKey"],
             "eventName": event.get("eventName"),
             "source": event.get("source"),
@@ -70,7 +74,7 @@ def handle_event(event: dict[str, Any]) -> None:
 @idempotent_function(data_keyword_argument="event", persistence_store=persistence, config=idempotency)
 def process_once(event: dict[str, Any]) -> dict[str, Any]:
     handle_event(event)
-    return {"eventKey": event["eventKey"]}
+    return {"eventId": event.get("eventId"), "eventKey": event["eventKey"]}
 
 
 def resolve_body(body: str) -> dict[str, Any]:
