@@ -134,11 +134,13 @@ def run_demo(*, events: int = 300, rate: float = 100.0, seed: int = 1, verbose: 
     )
     _say(f"  distinct events delivered       {accounts.delivered}")
     _say(f"  duplicates on the queue         {sum(duplicates.values())}" + (f" ({kinds})" if kinds else ""))
-    _say("                                  consumers drop them by eventId, see the example consumer;")
-    _say("                                  real SQS FIFO also drops resends within 5 min")
+    _say("                                  replays (same eventId): consumers idempotent on eventId drop")
+    _say("                                  them, and SQS FIFO drops resends within 5 min; channel overlap")
+    _say("                                  (same eventKey, the other channel's eventId): the same change")
+    _say("                                  from both channels around the outage, recognisable by eventKey")
     if fallback is not None:
         _say(f"  fallback: published from poll   {fallback.counter('published')}")
-        _say(f"  fallback: seen-set suppressed   {fallback.counter('duplicates')}")
+        _say(f"  fallback: repeated eventIds     {fallback.counter('duplicates')}")
     _say(f"  stream: seen-set suppressed     {suppressed} (replayed events the fallback had sent)")
     if accounts.covered:
         _say(f"  covered by a lookalike          {len(accounts.covered)} (stream copy suppressed against")
