@@ -69,6 +69,7 @@ from .publish import (
     claim_check_pointer,
     classify_error,
     message_size,
+    outbound_message,
     sqs_attributes,
 )
 from .seen import SeenSet, SeenSetUnavailable
@@ -492,18 +493,6 @@ class SpillStore:
 # The tick
 
 
-def outbound(event: CanonicalEvent) -> OutboundMessage:
-    """The SQS message for an event: body, attributes, FIFO ids, exactly as the stream sends them."""
-    return OutboundMessage(
-        body=event.to_json(),
-        attributes=event.attribute_values(),
-        group_id=event.message_group_id(),
-        dedup_id=event.deduplication_id(),
-        event_key=event.event_key,
-        event_id=event.event_id,
-    )
-
-
 def _lacks_business_event_id(item: object) -> bool:
     """An item that `from_poll` can publish only under a stand-in id (a bad id stays malformed)."""
     if not isinstance(item, Mapping):
@@ -790,7 +779,7 @@ class PollFallback:
         refused: list[tuple[_Item, str]] = []
         for item in page.events:
             try:
-                messages.append(outbound(item.event))
+                messages.append(outbound_message(item.event))
             except Exception as exc:  # a value the message cannot carry: poison, never fatal
                 refused.append((item, type(exc).__name__))
                 continue

@@ -80,6 +80,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from .events import CanonicalEvent
 from .watermark import OffsetWatermark
 
 if TYPE_CHECKING:
@@ -176,6 +177,20 @@ class OutboundMessage:
     ack_token: Any = None
     event_key: str = ""
     event_id: str = ""
+
+
+def outbound_message(event: CanonicalEvent, ack_token: Any = None) -> OutboundMessage:
+    """The SQS message for a relay event, the same from either channel: body, attributes, FIFO
+    ids (deduplication by the event's identity), and the keys a claim-check pointer carries."""
+    return OutboundMessage(
+        body=event.to_json(),
+        attributes=event.attribute_values(),
+        group_id=event.message_group_id(),
+        dedup_id=event.deduplication_id(),
+        ack_token=ack_token,
+        event_key=event.event_key,
+        event_id=event.event_id,
+    )
 
 
 @dataclass(frozen=True, slots=True)

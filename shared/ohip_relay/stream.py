@@ -65,7 +65,14 @@ from .config import Settings, SqsTransport, StartPosition
 from .errors import StartupError
 from .events import CanonicalEvent, from_stream
 from .park import park_frame
-from .publish import OutboundMessage, PublisherConfig, PublishError, PublishFailure, SqsPublisher
+from .publish import (
+    OutboundMessage,
+    PublisherConfig,
+    PublishError,
+    PublishFailure,
+    SqsPublisher,
+    outbound_message,
+)
 from .seen import SeenSet
 from .sqs_http import SqsHttpTransport
 from .state import Heartbeat, StateStore, StateStoreError, StreamState
@@ -606,15 +613,7 @@ class StreamConsumer:
             return
         self.lag_seconds = max(0.0, time.time() - canonical.occurred_at.timestamp())
         self.telemetry.gauge(Metric.STREAM_LAG, self.lag_seconds)
-        message = OutboundMessage(
-            body=canonical.to_json(),
-            attributes=canonical.attribute_values(),
-            group_id=canonical.message_group_id(),
-            dedup_id=canonical.deduplication_id(),
-            ack_token=event.offset,
-            event_key=canonical.event_key,
-            event_id=canonical.event_id,
-        )
+        message = outbound_message(canonical, event.offset)
         if self.publisher.has_room:
             await self.publisher.submit(message)
         else:

@@ -20,10 +20,9 @@ from ohip_relay.fallback import (
     SqsBatchSender,
     TickReport,
     deadline_after,
-    outbound,
     spill_stand_in,
 )
-from ohip_relay.publish import OutboundMessage
+from ohip_relay.publish import OutboundMessage, outbound_message
 
 ITEM = {
     "businessEvent": {
@@ -44,7 +43,7 @@ ITEM = {
 
 def test_outbound_carries_the_same_ids_and_attributes_as_the_stream() -> None:
     event = from_poll(ITEM, "CHAIN", datetime(2026, 11, 25, 10, 16, tzinfo=UTC))
-    message = outbound(event)
+    message = outbound_message(event)
     assert message.body == event.to_json()
     assert message.group_id == "HOTEL1:2241871"
     # Identity, never content: the deduplication id comes from the businessEventId.
