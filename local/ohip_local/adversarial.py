@@ -48,10 +48,11 @@ from .generator import (
     EVENT_MODULES,
     FIRST_NAMES,
     LAST_NAMES,
-    PERSONAL_ELEMENTS,
     PUBLISHERS,
     UPDATE_PROFILE,
     UPDATE_RESERVATION,
+    make_detail,
+    unchanged_detail,
 )
 from .source import Detail, EventDraft, MissingAs
 
@@ -124,34 +125,6 @@ class AdversarialUnit:
     variant: str
     drafts: tuple[EventDraft, ...]
     same_second: bool = False  # stamp the drafts within one second (lookalikes)
-
-
-def _detail(
-    name: str,
-    old: str | None,
-    new: str | None,
-    *,
-    scope_from: str | None = None,
-    scope_to: str | None = None,
-    element_sequence: str | None = None,
-    element_type: str | None = None,
-    element_role: str | None = None,
-) -> Detail:
-    return Detail(
-        name,
-        old,
-        new,
-        scope_from=scope_from,
-        scope_to=scope_to,
-        element_sequence=element_sequence,
-        element_type=element_type,
-        element_role=element_role,
-        personal=name in PERSONAL_ELEMENTS,
-    )
-
-
-def _same(name: str, value: str, **extra: str) -> Detail:
-    return _detail(name, value, value, **extra)
 
 
 class AdversarialGenerator:
@@ -248,24 +221,29 @@ class AdversarialGenerator:
         rng = self._rng
         publisher = self._publisher()
         last, first = self._guest()
-        names = [_same("NAME", last), _same("FIRST NAME", first)]
+        names = [unchanged_detail("NAME", last), unchanged_detail("FIRST NAME", first)]
         if variant == "repeat":
             if rng.random() < 0.5:
                 key = self._profile()
                 level = rng.choice(("VIP1", "VIP2", "VIP3"))
                 changes = [("", level), (level, ""), ("", level)]  # events 1 and 3: the same content
                 return [
-                    self._draft(hotel, UPDATE_PROFILE, key, publisher, [*names, _detail("VIP STATUS", o, n)])
+                    self._draft(
+                        hotel, UPDATE_PROFILE, key, publisher, [*names, make_detail("VIP STATUS", o, n)]
+                    )
                     for o, n in changes
                 ]
             key = self._reservation()
-            change = [_same("CONFIRMATION NO", f"88{key}"), _detail("ROOM TYPE", "STDK", "DLXK")]
+            change = [
+                unchanged_detail("CONFIRMATION NO", f"88{key}"),
+                make_detail("ROOM TYPE", "STDK", "DLXK"),
+            ]
             return [self._draft(hotel, UPDATE_RESERVATION, key, publisher, change)] * 2
         if variant == "sequence":
             key = self._profile()
             old = f"{first}.{last}{rng.randint(1, 99)}@example.com".lower()
             new = f"{first[0]}.{last}{rng.randint(100, 999)}@example.com".lower()
-            one = _detail("EMAIL", old, new, **_EMAIL)
+            one = make_detail("EMAIL", old, new, **_EMAIL)
             two = replace(one, element_sequence="2")
             pair = [[*names, one], [*names, one, two]]
             if rng.random() < 0.5:
@@ -276,8 +254,11 @@ class AdversarialGenerator:
             shapes: list[list[Detail]] = [
                 names,
                 [],
-                [*names, _detail("DEPARTMENT", "R&amp;D", "R&D")],  # equal once unescaped
-                [_same("EMAIL", f"{first}.{last}@example.com".lower(), **_EMAIL), _detail("WEBPAGE", "", "")],
+                [*names, make_detail("DEPARTMENT", "R&amp;D", "R&D")],  # equal once unescaped
+                [
+                    unchanged_detail("EMAIL", f"{first}.{last}@example.com".lower(), **_EMAIL),
+                    make_detail("WEBPAGE", "", ""),
+                ],
             ]
             picked = rng.sample(shapes, rng.randint(1, 3))
             return [self._draft(hotel, UPDATE_PROFILE, key, publisher, details) for details in picked]
@@ -287,7 +268,7 @@ class AdversarialGenerator:
             rng.shuffle(spellings)
             return [
                 self._draft(
-                    hotel, UPDATE_PROFILE, key, publisher, [*names, _detail("DEPARTMENT", "Sales", s)]
+                    hotel, UPDATE_PROFILE, key, publisher, [*names, make_detail("DEPARTMENT", "Sales", s)]
                 )
                 for s in spellings
             ]
@@ -305,18 +286,18 @@ class AdversarialGenerator:
         last, first = self._guest()
         key = self._profile()
         details = [
-            _detail("GUEST PREFERENCE", "", f"Pillow {pick()} soft"),
-            _detail("SPECIAL REQUEST", "", pick()),  # the odd string alone
+            make_detail("GUEST PREFERENCE", "", f"Pillow {pick()} soft"),
+            make_detail("SPECIAL REQUEST", "", pick()),  # the odd string alone
         ]
         if rng.random() < 0.5:
-            details.append(_detail(f"NOTE {pick()}", "", "late arrival"))  # an odd element name
+            details.append(make_detail(f"NOTE {pick()}", "", "late arrival"))  # an odd element name
         if rng.random() < 0.5:  # personal: next to a fictional name, so a log grep can find it
             details += [
-                _detail("NAME", last, f"{last}{pick()}"),
-                _detail("FIRST NAME", "", f"{pick()}{first}"),
+                make_detail("NAME", last, f"{last}{pick()}"),
+                make_detail("FIRST NAME", "", f"{pick()}{first}"),
             ]
         else:
-            details += [_same("NAME", last), _same("FIRST NAME", first)]
+            details += [unchanged_detail("NAME", last), unchanged_detail("FIRST NAME", first)]
         if rng.random() < 0.4:
             key = f"{key}{pick()}"
         if odd_hotel and rng.random() < 0.3:
@@ -331,18 +312,21 @@ class AdversarialGenerator:
         rng = self._rng
         publisher = self._publisher()
         last, first = self._guest()
-        names = [_same("NAME", last), _same("FIRST NAME", first)]
+        names = [unchanged_detail("NAME", last), unchanged_detail("FIRST NAME", first)]
         key = self._reservation()
         stay = {"scope_from": "2026-12-04", "scope_to": "2026-12-06"}
         amount = f"{rng.randrange(9000, 32000, 500) / 100:.2f}"
-        rate = [_same("CONFIRMATION NO", f"88{key}"), _detail("RATE AMOUNT", "150.00", amount, **stay)]
+        rate = [
+            unchanged_detail("CONFIRMATION NO", f"88{key}"),
+            make_detail("RATE AMOUNT", "150.00", amount, **stay),
+        ]
         if variant == "unique_event_id":
             draft = self._draft(hotel, UPDATE_RESERVATION, key, publisher, rate)
             return replace(draft, omit=frozenset({"uniqueEventId"}))
         if variant == "hotel_id":  # a chain-level profile change
             vip = rng.choice(("VIP1", "VIP2", "VIP3"))
             return self._draft(
-                None, UPDATE_PROFILE, self._profile(), publisher, [*names, _detail("VIP STATUS", "", vip)]
+                None, UPDATE_PROFILE, self._profile(), publisher, [*names, make_detail("VIP STATUS", "", vip)]
             )
         if variant == "publisher_id":
             return self._draft(hotel, UPDATE_RESERVATION, key, None, rate)
@@ -356,18 +340,18 @@ class AdversarialGenerator:
             return replace(draft, omit=frozenset({"detail"}))
         if variant == "null_values":
             details = [
-                _detail("VIP STATUS", None, rng.choice(("VIP1", "VIP2"))),  # created: no old value
-                _detail("WEBPAGE", None, None),
-                _detail("ROOM FEATURE", "QUIET", None),  # deleted: no new value
+                make_detail("VIP STATUS", None, rng.choice(("VIP1", "VIP2"))),  # created: no old value
+                make_detail("WEBPAGE", None, None),
+                make_detail("ROOM FEATURE", "QUIET", None),  # deleted: no new value
                 *names,
             ]
             draft = self._draft(hotel, UPDATE_PROFILE, self._profile(), publisher, details)
             return replace(draft, null_values=True)
         if variant == "scope":
             details = [
-                _same("CONFIRMATION NO", f"88{key}"),
-                _detail("RATE AMOUNT", "150.00", amount),  # no scope at all
-                _detail("ADULTS", "1", "2", scope_from="2026-12-04"),  # a scope start only
+                unchanged_detail("CONFIRMATION NO", f"88{key}"),
+                make_detail("RATE AMOUNT", "150.00", amount),  # no scope at all
+                make_detail("ADULTS", "1", "2", scope_from="2026-12-04"),  # a scope start only
             ]
             return self._draft(hotel, UPDATE_RESERVATION, key, publisher, details)
         raise ValueError(f"unknown missing-field variant {variant!r}")

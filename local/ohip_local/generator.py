@@ -115,10 +115,10 @@ def _iso(day: date) -> str:
     return day.isoformat()
 
 
-def _detail(
+def make_detail(
     name: str,
-    old: str,
-    new: str,
+    old: str | None,
+    new: str | None,
     *,
     scope_from: str | None = None,
     scope_to: str | None = None,
@@ -139,8 +139,8 @@ def _detail(
     )
 
 
-def _same(name: str, value: str, **extra: str) -> Detail:
-    return _detail(name, value, value, **extra)
+def unchanged_detail(name: str, value: str, **extra: str) -> Detail:
+    return make_detail(name, value, value, **extra)
 
 
 class EventGenerator:
@@ -268,19 +268,19 @@ class EventGenerator:
         self._remember(self._reserved, hotel, res)
         stay = {"scope_from": _iso(res.arrival), "scope_to": _iso(res.departure - timedelta(days=1))}
         details = [
-            _detail("NAME", "", guest.last_name),
-            _detail("FIRST NAME", "", guest.first_name),
-            _detail("CONFIRMATION NO", "", res.confirmation),
-            _detail("GUEST NAME ID", "", guest.profile_id),
-            _detail("RESERVATION STATUS", "", res.status),
-            _detail("ARRIVAL DATE", "", _iso(res.arrival)),
-            _detail("DEPARTURE DATE", "", _iso(res.departure)),
-            _detail("ROOM TYPE", "", res.room_type),
-            _detail("ADULTS", "", str(res.adults), **stay),
-            _detail("RATE CODE", "", res.rate_code, **stay),
-            _detail("RATE AMOUNT", "", res.rate_amount, **stay),
-            _detail("EMAIL", "", guest.email, **_EMAIL),
-            _detail("PHONE NUMBER", "", guest.phone, **_MOBILE),
+            make_detail("NAME", "", guest.last_name),
+            make_detail("FIRST NAME", "", guest.first_name),
+            make_detail("CONFIRMATION NO", "", res.confirmation),
+            make_detail("GUEST NAME ID", "", guest.profile_id),
+            make_detail("RESERVATION STATUS", "", res.status),
+            make_detail("ARRIVAL DATE", "", _iso(res.arrival)),
+            make_detail("DEPARTURE DATE", "", _iso(res.departure)),
+            make_detail("ROOM TYPE", "", res.room_type),
+            make_detail("ADULTS", "", str(res.adults), **stay),
+            make_detail("RATE CODE", "", res.rate_code, **stay),
+            make_detail("RATE AMOUNT", "", res.rate_amount, **stay),
+            make_detail("EMAIL", "", guest.email, **_EMAIL),
+            make_detail("PHONE NUMBER", "", guest.phone, **_MOBILE),
         ]
         return self._draft(hotel, NEW_RESERVATION, res.key, details)
 
@@ -292,9 +292,9 @@ class EventGenerator:
                 return None
             changed, after = self._reservation_change(res)
             details = [
-                _same("CONFIRMATION NO", res.confirmation),
-                _same("RESERVATION STATUS", res.status),
-                _same("NAME", res.guest.last_name),
+                unchanged_detail("CONFIRMATION NO", res.confirmation),
+                unchanged_detail("RESERVATION STATUS", res.status),
+                unchanged_detail("NAME", res.guest.last_name),
                 *changed,
             ]
             draft = self._draft(hotel, UPDATE_RESERVATION, res.key, details)
@@ -314,25 +314,25 @@ class EventGenerator:
             departure = res.departure + timedelta(days=rng.randint(1, 2))
             extra = {"scope_from": _iso(res.departure), "scope_to": _iso(departure - timedelta(days=1))}
             changes = [
-                _detail("DEPARTURE DATE", _iso(res.departure), _iso(departure)),
-                _same("RATE AMOUNT", res.rate_amount, **nights),
-                _detail("RATE AMOUNT", "", res.rate_amount, **extra),
+                make_detail("DEPARTURE DATE", _iso(res.departure), _iso(departure)),
+                unchanged_detail("RATE AMOUNT", res.rate_amount, **nights),
+                make_detail("RATE AMOUNT", "", res.rate_amount, **extra),
             ]
             return changes, {"departure": departure}
         if kind == "adults":
             adults = res.adults % 3 + 1
-            return [_detail("ADULTS", str(res.adults), str(adults), **nights)], {"adults": adults}
+            return [make_detail("ADULTS", str(res.adults), str(adults), **nights)], {"adults": adults}
         after: dict[str, object] = {}
         changes = []
         if kind in ("room type", "room type and rate"):
             room_type = rng.choice([r for r in ROOM_TYPES if r != res.room_type])
-            changes.append(_detail("ROOM TYPE", res.room_type, room_type))
+            changes.append(make_detail("ROOM TYPE", res.room_type, room_type))
             after["room_type"] = room_type
         if kind in ("rate", "room type and rate"):
             amount = self._rate()
             while amount == res.rate_amount:
                 amount = self._rate()
-            changes.append(_detail("RATE AMOUNT", res.rate_amount, amount, **nights))
+            changes.append(make_detail("RATE AMOUNT", res.rate_amount, amount, **nights))
             after["rate_amount"] = amount
         return changes, after
 
@@ -343,13 +343,13 @@ class EventGenerator:
         self._reserved[hotel].remove(res)
         self._next_cancellation += 1
         details = [
-            _same("CONFIRMATION NO", res.confirmation),
-            _detail("RESERVATION STATUS", res.status, "CANCELLED"),
-            _detail("CANCELLATION NO", "", str(self._next_cancellation)),
-            _detail("CANCELLATION REASON", "", self._rng.choice(CANCELLATION_REASONS)),
-            _same("NAME", res.guest.last_name),
-            _same("ARRIVAL DATE", _iso(res.arrival)),
-            _same("DEPARTURE DATE", _iso(res.departure)),
+            unchanged_detail("CONFIRMATION NO", res.confirmation),
+            make_detail("RESERVATION STATUS", res.status, "CANCELLED"),
+            make_detail("CANCELLATION NO", "", str(self._next_cancellation)),
+            make_detail("CANCELLATION REASON", "", self._rng.choice(CANCELLATION_REASONS)),
+            unchanged_detail("NAME", res.guest.last_name),
+            unchanged_detail("ARRIVAL DATE", _iso(res.arrival)),
+            unchanged_detail("DEPARTURE DATE", _iso(res.departure)),
         ]
         res.status = "CANCELLED"
         return self._draft(hotel, CANCEL_RESERVATION, res.key, details)
@@ -361,12 +361,12 @@ class EventGenerator:
         self._reserved[hotel].remove(res)
         room = f"{self._rng.randint(1, 12)}{self._rng.randint(1, 40):02d}"
         details = [
-            _same("CONFIRMATION NO", res.confirmation),
-            _detail("RESERVATION STATUS", res.status, "CHECKED IN"),
-            _detail("ROOM", res.room, room),
-            _same("ROOM TYPE", res.room_type),
-            _same("NAME", res.guest.last_name),
-            _same("ARRIVAL DATE", _iso(res.arrival)),
+            unchanged_detail("CONFIRMATION NO", res.confirmation),
+            make_detail("RESERVATION STATUS", res.status, "CHECKED IN"),
+            make_detail("ROOM", res.room, room),
+            unchanged_detail("ROOM TYPE", res.room_type),
+            unchanged_detail("NAME", res.guest.last_name),
+            unchanged_detail("ARRIVAL DATE", _iso(res.arrival)),
         ]
         res.status, res.room = "CHECKED IN", room
         self._remember(self._in_house, hotel, res)
@@ -378,16 +378,16 @@ class EventGenerator:
         guest = self._new_guest()
         self._remember(self._profiles, hotel, guest)
         details = [
-            _detail("NAME", "", guest.last_name),
-            _detail("FIRST NAME", "", guest.first_name),
-            _detail("PROFILE TYPE", "", "GUEST"),
-            _detail("LANGUAGE", "", "E"),
-            _detail("EMAIL", "", guest.email, **_EMAIL),
-            _detail("PHONE NUMBER", "", guest.phone, **_MOBILE),
-            _detail("ADDRESS LINE 1", "", guest.street, **_HOME),
-            _detail("CITY", "", guest.city, **_HOME),
-            _detail("POSTAL CODE", "", guest.postcode, **_HOME),
-            _detail("COUNTRY", "", "GB", **_HOME),
+            make_detail("NAME", "", guest.last_name),
+            make_detail("FIRST NAME", "", guest.first_name),
+            make_detail("PROFILE TYPE", "", "GUEST"),
+            make_detail("LANGUAGE", "", "E"),
+            make_detail("EMAIL", "", guest.email, **_EMAIL),
+            make_detail("PHONE NUMBER", "", guest.phone, **_MOBILE),
+            make_detail("ADDRESS LINE 1", "", guest.street, **_HOME),
+            make_detail("CITY", "", guest.city, **_HOME),
+            make_detail("POSTAL CODE", "", guest.postcode, **_HOME),
+            make_detail("COUNTRY", "", "GB", **_HOME),
         ]
         return self._draft(hotel, NEW_PROFILE, guest.profile_id, details)
 
@@ -397,9 +397,13 @@ class EventGenerator:
             if guest is None:
                 return None
             changed, after = self._profile_change(guest)
-            details = [_same("NAME", guest.last_name), _same("FIRST NAME", guest.first_name), *changed]
+            details = [
+                unchanged_detail("NAME", guest.last_name),
+                unchanged_detail("FIRST NAME", guest.first_name),
+                *changed,
+            ]
             if self._rng.random() < 0.3:
-                details.append(_detail("WEBPAGE", "", ""))  # OPERA lists some empty elements
+                details.append(make_detail("WEBPAGE", "", ""))  # OPERA lists some empty elements
             draft = self._draft(hotel, UPDATE_PROFILE, guest.profile_id, details)
             if self._signature(draft) not in self._seen:
                 for field, value in after.items():
@@ -414,25 +418,25 @@ class EventGenerator:
         after: dict[str, str] = {}
         if kind in ("email", "email and phone"):
             new_email = f"{guest.first_name[0]}.{guest.last_name}{rng.randint(100, 999)}@example.com".lower()
-            changes.append(_detail("EMAIL", guest.email, new_email, **_EMAIL))
+            changes.append(make_detail("EMAIL", guest.email, new_email, **_EMAIL))
             after["email"] = new_email
         else:
-            changes.append(_same("EMAIL", guest.email, **_EMAIL))
+            changes.append(unchanged_detail("EMAIL", guest.email, **_EMAIL))
         if kind in ("phone", "email and phone"):
             new_phone = self._phone()
-            changes.append(_detail("PHONE NUMBER", guest.phone, new_phone, **_MOBILE))
+            changes.append(make_detail("PHONE NUMBER", guest.phone, new_phone, **_MOBILE))
             after["phone"] = new_phone
         if kind == "address":
             street = f"{rng.randint(1, 120)} {rng.choice(STREETS)}"
             city, postcode = rng.choice(CITIES)
             changes += [
-                _detail("ADDRESS LINE 1", guest.street, street, **_HOME),
-                _detail("CITY", guest.city, city, **_HOME),
-                _detail("POSTAL CODE", guest.postcode, postcode, **_HOME),
+                make_detail("ADDRESS LINE 1", guest.street, street, **_HOME),
+                make_detail("CITY", guest.city, city, **_HOME),
+                make_detail("POSTAL CODE", guest.postcode, postcode, **_HOME),
             ]
             after.update(street=street, city=city, postcode=postcode)
         if kind == "vip":
             vip = rng.choice([v for v in ("", *VIP_LEVELS) if v != guest.vip])
-            changes.append(_detail("VIP STATUS", guest.vip, vip))
+            changes.append(make_detail("VIP STATUS", guest.vip, vip))
             after["vip"] = vip
         return changes, after
