@@ -63,7 +63,7 @@ from .auth import AsyncTokenProvider, AuthError, OAuthParams, Token
 from .backoff import Backoff, CloseKind, CloseOutcome, classify_close
 from .config import Settings, SqsTransport, StartPosition
 from .errors import StartupError
-from .events import CanonicalEvent, from_stream
+from .events import CanonicalEvent, MalformedEvent, from_stream
 from .park import park_frame
 from .publish import (
     OutboundMessage,
@@ -602,7 +602,8 @@ class StreamConsumer:
         except Exception as exc:  # MalformedEvent, or anything else a value the protocol allows may cause
             # Cannot be represented in the public format: parked raw; the checkpoint passes it once
             # it is (a replay would fail the same way). The reason names the field, never a value.
-            reason = str(exc) if isinstance(exc, ValueError) else f"cannot be read ({type(exc).__name__})"
+            # Only MalformedEvent's text is safe to log: another error's may quote a value.
+            reason = str(exc) if isinstance(exc, MalformedEvent) else f"cannot be read ({type(exc).__name__})"
             log.error("event at offset %s cannot be published (%s); parking it", event.offset, reason)
             self._park(frame or "", reason, event.offset)
             return
