@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import gc
+import io
 import logging
 import os
 import random
@@ -297,6 +299,11 @@ class StreamConsumer:
                     if self._stop.is_set() and self.holding_lease:
                         # Drain while the keeper still renews the lease: a successor (an ECS
                         # deployment starts one) must not subscribe before our last checkpoint.
+                        log.info(
+                            "stopping: waiting for SQS to acknowledge %d events (at most %.0fs)",
+                            self.publisher.buffered,
+                            self.options.stop_flush_timeout,
+                        )
                         await self._settle_publisher(self.options.stop_flush_timeout)
                 finally:
                     keeper.cancel()
@@ -992,6 +999,7 @@ class StreamConsumer:
             log.exception("flushing the publisher failed; unacknowledged events will be replayed")
 
     async def _shutdown(self) -> None:
+        log.info("stopping: final flush, checkpoint, heartbeat and lease release")
         await self._settle_publisher(self.options.stop_flush_timeout)
         if self._parks:  # a parked event is acknowledged once S3 has it: give them a moment
             await asyncio.wait(set(self._parks), timeout=10.0)
@@ -1126,14 +1134,42 @@ async def open_consumer(
             await publisher.close(drain_timeout=5.0)
 
 
+# After SIGTERM the process should be gone well within ECS's 120 s stop timeout. If it is still there
+# after this long, where every thread and task waits is written to the log (file and line numbers
+# only: no data), so that a stop that hangs explains itself (chaos seeds 569 and 597 did, rarely).
+STOP_WATCHDOG_SECONDS = 90.0
+
+
+def log_task_stacks() -> None:
+    """Log where every pending asyncio task of the running loop waits (a stop that hangs)."""
+    for task in asyncio.all_tasks():
+        out = io.StringIO()
+        task.print_stack(limit=12, file=out)
+        log.error("still running %s after the stop was requested:\n%s", task.get_name(), out.getvalue())
+
+
+def arm_stop_watchdog(loop: asyncio.AbstractEventLoop, seconds: float = STOP_WATCHDOG_SECONDS) -> None:
+    """After `seconds`: the asyncio tasks' stacks (from the loop, if it still runs) and every thread's
+    stack (from faulthandler's own thread, even if the loop is blocked) go to the log / stderr. The
+    process normally exits first, and nothing is written."""
+    faulthandler.dump_traceback_later(seconds, exit=False)
+    loop.call_later(seconds, log_task_stacks)
+
+
 async def run_stream(settings: Settings, options: StreamOptions | None = None) -> int:
     """Run the consumer until SIGTERM/SIGINT; returns the exit status."""
     import signal
 
     async with open_consumer(settings, options) as consumer:
         loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            if not consumer._stop.is_set():
+                arm_stop_watchdog(loop)
+            consumer.request_stop()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, consumer.request_stop)
+            loop.add_signal_handler(sig, stop)
         # What start-up created (botocore's models and clients, ~85k objects) lives as long as the
         # process: moved out of the collector's reach, a full collection no longer walks it (one
         # such pass took ~50 ms here, a stall of the event loop and of every event in flight).
