@@ -58,6 +58,7 @@ from .backoff import (
     classify_handshake_status,
     full_jitter,
 )
+from .events import OFFSET_MAX_DIGITS
 
 SUBPROTOCOL: Final = "graphql-transport-ws"
 SUBSCRIPTIONS_PATH: Final = "/subscriptions"
@@ -92,7 +93,7 @@ NEW_EVENT_SELECTION: Final = (
 _CHAIN_CODE = re.compile(r"[A-Za-z0-9 _%#$&-]+")
 _DIGITS = re.compile(r"[0-9]+")
 _CHAIN_CODE_MAX = 20
-_OFFSET_MAX = 20  # the schema's own scalar type name says 20 (ohip-api.md 1, "Subscribing")
+_OFFSET_MAX = OFFSET_MAX_DIGITS  # the schema's own scalar type name says 20 (ohip-api.md 1)
 _HOTEL_CODE_MAX = 50
 _OFFSET_TYPES = frozenset({"highest"})
 

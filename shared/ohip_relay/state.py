@@ -70,6 +70,8 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from .events import OFFSET_MAX_DIGITS
+
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
     from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef, UniversalAttributeValueTypeDef
@@ -82,7 +84,7 @@ FALLBACK_COUNTERS = ("activations", "fetched", "published", "discarded", "spille
 
 #: -1 stands for "nothing handled, read from offset 0"; offsets have at most 20 digits.
 CHECKPOINT_MIN = -1
-CHECKPOINT_MAX = 10**20 - 1
+CHECKPOINT_MAX = 10**OFFSET_MAX_DIGITS - 1
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 _RETRYABLE_CODES = frozenset(
     {
