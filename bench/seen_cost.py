@@ -31,7 +31,9 @@ TEMPLATE = Path(__file__).resolve().parent.parent / "template.yaml"
 
 
 def measure(events: int) -> dict[str, float]:
-    with moto_server() as endpoint:
+    # IAM not enforced: the cost of moto's signature and policy checks is not DynamoDB's
+    # (docs/permissions.md, "The benchmarks").
+    with moto_server(enforce_iam=False) as endpoint:
         stack = provision(endpoint, TEMPLATE, stack_name="seencost")
         ddb = local_client("dynamodb", endpoint)
         seen = SeenSet(ddb, stack.table_name)

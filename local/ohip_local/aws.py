@@ -4,6 +4,13 @@ The queues, the table and the bucket are created from the SAM template itself, s
 stack and a real deployment cannot drift: a property this module does not know how to reproduce is
 an error, not something silently skipped. Resource types that have no local counterpart (ECS,
 Lambda, alarms...) are left out; they are listed in `ProvisionedStack.skipped`.
+
+IAM is enforced (`iam.py`, docs/permissions.md): each IAM role of the template is created with its
+policies resolved against the local resources (log groups, which nothing writes locally, count
+only for their ARNs), and each component runs with temporary credentials of its own role
+(`ProvisionedStack.credentials`, STS AssumeRole). The harness signs as the local administrator
+(`LOCAL_CREDENTIALS`). The OHIP credentials secret (`OhipSecretArn`) is a local Secrets Manager
+secret unless the caller passes that parameter.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import json
 import logging
 import re
 import socket
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +37,16 @@ log = logging.getLogger(__name__)
 LOCAL_ACCOUNT_ID = "123456789012"  # moto's default account
 DEFAULT_REGION = "us-east-1"
 DEFAULT_STACK_NAME = "ohip-relay-local"
+# The local administrator (iam.py): the harness signs with it, never a component.
 LOCAL_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+LOCAL_ADMIN_ARN = f"arn:aws:iam::{LOCAL_ACCOUNT_ID}:user/ohip-local-admin"
+
+# The template role each component runs under (docs/permissions.md).
+STREAM_ROLE = "StreamTaskRole"  # `ohip-relay stream` (the Fargate task) and its health check `status`
+POLL_ROLE = "PollRole"  # `ohip-relay poll` and functions/poll_fallback
+CONSUMER_ROLE = "ConsumerRole"  # functions/example_consumer and its SQS event source
+ENRICHER_ROLE = "EnricherRole"  # functions/enricher and its SQS event source
+OPERATOR_ROLE = "OperatorRole"  # `ohip-relay doctor` and `ohip-relay status` on an operator's machine
 
 
 class LocalStackError(StartupError):
@@ -105,6 +122,77 @@ class _Created:
     attributes: dict[str, str]
 
 
+@dataclass(frozen=True)
+class RoleStatement:
+    """One statement of a role's policy: as IAM gets it (`document`, intrinsics resolved against the
+    local stack) and as template.yaml writes its resources (`written`: `EventsQueue` for
+    `!GetAtt EventsQueue.Arn`, `OversizeBucket/spill/*` for `${OversizeBucket.Arn}/spill/*`,
+    `OhipSecretArn` for `!Ref OhipSecretArn`), position for position with `resources`."""
+
+    policy: str
+    sid: str
+    actions: tuple[str, ...]
+    resources: tuple[str, ...]
+    written: tuple[str, ...]
+    document: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """An IAM role of the template, resolved for the local stack (created on first use)."""
+
+    logical_id: str
+    name: str
+    arn: str
+    statements: tuple[RoleStatement, ...]
+
+    def policies(self, *, without: tuple[str, str, str] | None = None) -> dict[str, dict[str, Any]]:
+        """Policy name -> document. `without` = (Sid, action, resource ARN): that one grant taken
+        out, everything else of its statement kept (the other actions on every resource, that
+        action on the other resources)."""
+        out: dict[str, dict[str, Any]] = {}
+        for statement in self.statements:
+            policy = out.setdefault(statement.policy, {"Version": "2012-10-17", "Statement": []})
+            sid, action, resource = without or ("", "", "")
+            if statement.sid != sid or action not in statement.actions or resource not in statement.resources:
+                policy["Statement"].append(statement.document)
+                continue
+            other_actions = [a for a in statement.actions if a != action]
+            other_resources = [r for r in statement.resources if r != resource]
+            if other_actions:
+                policy["Statement"].append({**statement.document, "Action": other_actions})
+            if other_resources:
+                policy["Statement"].append(
+                    {**statement.document, "Sid": f"{sid}Rest", "Action": action, "Resource": other_resources}
+                )
+        return out
+
+
+@dataclass(frozen=True)
+class RoleCredentials:
+    """Temporary credentials of a role (STS AssumeRole), as a component's environment carries them."""
+
+    role: str
+    access_key_id: str
+    secret_access_key: str
+    session_token: str
+
+    def environment(self) -> dict[str, str]:
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+            "AWS_SESSION_TOKEN": self.session_token,
+        }
+
+    def session(self, region: str) -> boto3.session.Session:
+        return boto3.session.Session(
+            region_name=region,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+            aws_session_token=self.session_token,
+        )
+
+
 @dataclass
 class ProvisionedStack:
     """What the local stack holds, by logical id, plus the template's resolved outputs."""
@@ -115,6 +203,87 @@ class ProvisionedStack:
     refs: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    roles: dict[str, RoleSpec] = field(default_factory=dict)
+    secret_arn: str = ""
+    _credentials: dict[str, RoleCredentials] = field(default_factory=dict, repr=False, compare=False)
+    _created_roles: set[str] = field(default_factory=set, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def role(self, logical_id: str) -> RoleSpec:
+        try:
+            return self.roles[logical_id]
+        except KeyError:
+            raise LocalStackError(
+                f"the local stack has no role {logical_id} (roles: {', '.join(sorted(self.roles))})"
+            ) from None
+
+    def credentials(self, logical_id: str) -> RoleCredentials:
+        """Temporary credentials of the template role `logical_id`: the role is created with its
+        policies on first use, then assumed once (STS AssumeRole) by the local administrator, as
+        ECS and Lambda assume a task's or function's role in AWS."""
+        with self._lock:
+            if logical_id not in self._credentials:
+                spec = self.role(logical_id)
+                self._create_role(spec)
+                answer = local_client("sts", self.endpoint_url, self.region).assume_role(
+                    RoleArn=spec.arn,
+                    RoleSessionName=re.sub(r"[^\w+=,.@-]", "-", logical_id)[:64],
+                    DurationSeconds=3600,
+                )["Credentials"]
+                self._credentials[logical_id] = RoleCredentials(
+                    logical_id, answer["AccessKeyId"], answer["SecretAccessKey"], answer["SessionToken"]
+                )
+            return self._credentials[logical_id]
+
+    def put_role_policies(self, logical_id: str, policies: Mapping[str, dict[str, Any]]) -> None:
+        """Replace the inline policies of a role (created if needed); moto applies them to the
+        credentials already issued from the next request on, as IAM does."""
+        with self._lock:
+            spec = self.role(logical_id)
+            self._create_role(spec)
+            iam = local_client("iam", self.endpoint_url, self.region)
+            for name, document in policies.items():
+                if document["Statement"]:
+                    iam.put_role_policy(
+                        RoleName=spec.name, PolicyName=name, PolicyDocument=json.dumps(document)
+                    )
+                else:
+                    iam.delete_role_policy(RoleName=spec.name, PolicyName=name)
+
+    def role_for(self, role_name: str) -> str | None:
+        """The logical id of the role named `role_name` in IAM (None: not one of this stack's)."""
+        return next((k for k, v in self.roles.items() if v.name == role_name), None)
+
+    def _create_role(self, spec: RoleSpec) -> None:
+        if spec.logical_id in self._created_roles:
+            return
+        iam = local_client("iam", self.endpoint_url, self.region)
+        # In AWS the trust policy names ECS or Lambda; locally the administrator stands in for them.
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Principal": {"AWS": LOCAL_ADMIN_ARN}, "Action": "sts:AssumeRole"}
+            ],
+        }
+        iam.create_role(
+            RoleName=spec.name,
+            AssumeRolePolicyDocument=json.dumps(trust),
+            Description=f"{self.stack_name}: {spec.logical_id} of template.yaml",
+        )
+        for name, document in spec.policies().items():
+            iam.put_role_policy(RoleName=spec.name, PolicyName=name, PolicyDocument=json.dumps(document))
+        self._created_roles.add(spec.logical_id)
+
+    def store_ohip_credentials(self, *, client_id: str, client_secret: str, app_key: str) -> dict[str, str]:
+        """Put the OHIP credentials in the stack's secret (as `aws secretsmanager create-secret` does
+        in README "Deploy"); returns the variable that points a component at it."""
+        if not self.secret_arn:
+            raise LocalStackError("the local stack has no OHIP secret (OhipSecretArn was given)")
+        value = {"clientId": client_id, "clientSecret": client_secret, "appKey": app_key}
+        local_client("secretsmanager", self.endpoint_url, self.region).put_secret_value(
+            SecretId=self.secret_arn, SecretString=json.dumps(value)
+        )
+        return {"OHIP_SECRET_ARN": self.secret_arn}
 
     @property
     def queue_url(self) -> str:
@@ -165,6 +334,13 @@ class _Provisioner:
             "AWS::DynamoDB::Table": self._create_table,
             "AWS::S3::Bucket": self._create_bucket,
         }
+        # Resources that take no AWS call here: given their raw properties, they resolve only
+        # what they need (a log group's KMS key, say, has no local counterpart).
+        self.describers: dict[str, Callable[[str, dict[str, Any]], _Created]] = {
+            "AWS::IAM::Role": self._describe_role,
+            "AWS::Logs::LogGroup": self._describe_log_group,
+        }
+        self.roles: dict[str, RoleSpec] = {}
 
     def _parameter_values(self, overrides: Mapping[str, str]) -> dict[str, str]:
         declared: dict[str, Any] = self.template.get("Parameters") or {}
@@ -279,26 +455,28 @@ class _Provisioner:
         if logical_id in self.in_progress:
             raise LocalStackError(f"the template has a reference cycle through {logical_id}")
         spec = self.resources[logical_id]
-        creator = self.creators.get(spec.get("Type", ""))
-        if creator is None:
-            raise LocalStackError(
-                f"{logical_id} ({spec.get('Type')}) is needed locally but has no local counterpart"
-            )
+        kind = spec.get("Type", "")
+        creator, describer = self.creators.get(kind), self.describers.get(kind)
+        if creator is None and describer is None:
+            raise LocalStackError(f"{logical_id} ({kind}) is needed locally but has no local counterpart")
         if "Condition" in spec and not self._condition(spec["Condition"]):
             raise LocalStackError(f"{logical_id} is needed locally but its condition is false")
         self.in_progress.add(logical_id)
         try:
-            properties = self.resolve(spec.get("Properties") or {})
-            created = creator(logical_id, properties)
+            if describer is not None:
+                created = describer(logical_id, spec.get("Properties") or {})
+            else:
+                assert creator is not None
+                created = creator(logical_id, self.resolve(spec.get("Properties") or {}))
         finally:
             self.in_progress.discard(logical_id)
         self.created[logical_id] = created
-        log.info("local stack: created %s (%s)", logical_id, spec["Type"])
+        log.info("local stack: %s %s (%s)", "described" if describer else "created", logical_id, kind)
         return created
 
     def provision_all(self) -> None:
         for logical_id, spec in self.resources.items():
-            if spec.get("Type") not in self.creators:
+            if spec.get("Type") not in self.creators and spec.get("Type") not in self.describers:
                 self.skipped[logical_id] = str(spec.get("Type"))
                 continue
             if "Condition" in spec and not self._condition(spec["Condition"]):
@@ -314,6 +492,61 @@ class _Provisioner:
                 f"{logical_id}: the local stack does not reproduce {', '.join(unknown)};"
                 " teach local/ohip_local/aws.py before using it in template.yaml"
             )
+
+    def _describe_log_group(self, logical_id: str, raw: dict[str, Any]) -> _Created:
+        """A log group's name and ARN (nothing writes logs locally: statements on it are listed in
+        docs/permissions.md as not exercised)."""
+        self._take(raw, logical_id, {"LogGroupName", "RetentionInDays", "KmsKeyId", "Tags"})
+        name = str(self.resolve(raw.get("LogGroupName")) or f"/{self.stack_name}/{logical_id}")
+        arn = f"arn:aws:logs:{self.region}:{LOCAL_ACCOUNT_ID}:log-group:{name}:*"
+        self.skipped[logical_id] = "AWS::Logs::LogGroup (its ARN only: nothing writes logs locally)"
+        return _Created(ref=name, attributes={"Arn": arn})
+
+    def _describe_role(self, logical_id: str, raw: dict[str, Any]) -> _Created:
+        """A role's policies resolved against the local resources, statement by statement; the role
+        itself is created on first use (`ProvisionedStack.credentials`)."""
+        self._take(raw, logical_id, {"Description", "AssumeRolePolicyDocument", "Policies", "Tags"})
+        name = f"{self.stack_name}-{logical_id}"[:64]
+        statements: list[RoleStatement] = []
+        for policy in raw.get("Policies") or []:
+            self._take(policy, f"{logical_id} policy", {"PolicyName", "PolicyDocument"})
+            policy_name = str(self.resolve(policy["PolicyName"]))
+            for raw_statement in policy["PolicyDocument"].get("Statement", []):
+                written = self._chosen(raw_statement)
+                if written is _NO_VALUE:
+                    continue
+                statements.append(self._statement(logical_id, policy_name, written))
+        arn = f"arn:aws:iam::{LOCAL_ACCOUNT_ID}:role/{name}"
+        self.roles[logical_id] = RoleSpec(logical_id, name, arn, tuple(statements))
+        return _Created(ref=name, attributes={"Arn": arn, "RoleId": name})
+
+    def _chosen(self, value: Any) -> Any:
+        """The branch of a conditional (`Fn::If`) statement that applies, still unresolved."""
+        while isinstance(value, dict) and set(value) == {"Fn::If"}:
+            condition, when_true, when_false = value["Fn::If"]
+            value = when_true if self._condition(condition) else when_false
+        if value == {"Ref": "AWS::NoValue"}:
+            return _NO_VALUE
+        return value
+
+    def _statement(self, role: str, policy: str, written: dict[str, Any]) -> RoleStatement:
+        self._take(written, f"{role} statement", {"Sid", "Effect", "Action", "Resource", "Condition"})
+        if "Sid" not in written:
+            raise LocalStackError(f"{role}: every statement needs a Sid (docs/permissions.md names them)")
+        document: dict[str, Any] = self.resolve(written)
+        raw_resources = (
+            written["Resource"] if isinstance(written["Resource"], list) else [written["Resource"]]
+        )
+        actions = document["Action"] if isinstance(document["Action"], list) else [document["Action"]]
+        resources = document["Resource"] if isinstance(document["Resource"], list) else [document["Resource"]]
+        return RoleStatement(
+            policy=policy,
+            sid=str(document["Sid"]),
+            actions=tuple(str(a) for a in actions),
+            resources=tuple(str(r) for r in resources),
+            written=tuple(written_resource(r) for r in raw_resources),
+            document=document,
+        )
 
     def _create_queue(self, logical_id: str, props: dict[str, Any]) -> _Created:
         attribute_names = {
@@ -430,6 +663,24 @@ class _Provisioner:
         return _Created(ref=name, attributes={"Arn": f"arn:aws:s3:::{name}"})
 
 
+def written_resource(value: Any) -> str:
+    """A statement's resource as template.yaml writes it, shortly: `EventsQueue` for `!GetAtt
+    EventsQueue.Arn`, `OversizeBucket/spill/*` for `!Sub "${OversizeBucket.Arn}/spill/*"`,
+    `OhipSecretArn` for `!Ref OhipSecretArn`, `*` for `*`."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and len(value) == 1:
+        ((key, arg),) = value.items()
+        if key == "Ref":
+            return str(arg)
+        if key == "Fn::GetAtt":
+            parts = arg if isinstance(arg, list) else str(arg).split(".", 1)
+            return str(parts[0]) if parts[1] == "Arn" else ".".join(str(p) for p in parts)
+        if key == "Fn::Sub" and isinstance(arg, str):
+            return re.sub(r"\$\{([^}.]+)\.Arn\}", r"\1", arg)
+    return json.dumps(value, sort_keys=True)
+
+
 def _attribute(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -480,10 +731,17 @@ def provision(
     region: str = DEFAULT_REGION,
     parameters: Mapping[str, str] | None = None,
 ) -> ProvisionedStack:
-    """Create the template's queues, tables and buckets on `endpoint_url` (a moto server)."""
+    """Create the template's queues, tables and buckets on `endpoint_url` (a moto server), and
+    describe its roles (created on first use). Without an `OhipSecretArn` parameter the stack gets
+    a secret of its own for the OHIP credentials (empty until `store_ohip_credentials`)."""
     template = load_template(template_path)
+    given = dict(parameters or {})
+    secret_arn = ""
+    if "OhipSecretArn" in (template.get("Parameters") or {}) and "OhipSecretArn" not in given:
+        secret_arn = _local_secret(endpoint_url, region, f"{stack_name}/ohip")
+        given["OhipSecretArn"] = secret_arn
     provisioner = _Provisioner(
-        template, endpoint_url=endpoint_url, region=region, stack_name=stack_name, parameters=parameters or {}
+        template, endpoint_url=endpoint_url, region=region, stack_name=stack_name, parameters=given
     )
     provisioner.provision_all()
     outputs: dict[str, str] = {}
@@ -499,7 +757,18 @@ def provision(
         refs={k: v.ref for k, v in provisioner.created.items()},
         outputs=outputs,
         skipped=provisioner.skipped,
+        roles=provisioner.roles,
+        secret_arn=secret_arn,
     )
+
+
+def _local_secret(endpoint_url: str, region: str, name: str) -> str:
+    client = local_client("secretsmanager", endpoint_url, region)
+    try:
+        return str(client.create_secret(Name=name, SecretString="{}")["ARN"])
+    except client.exceptions.ResourceExistsException:  # the same stack name, provisioned again
+        client.put_secret_value(SecretId=name, SecretString="{}")
+        return str(client.describe_secret(SecretId=name)["ARN"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -526,19 +795,36 @@ def _free_port(host: str) -> int:
 
 
 @contextmanager
-def moto_server(host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+def moto_server(host: str = "127.0.0.1", port: int = 0, *, enforce_iam: bool = True) -> Iterator[str]:
     """Run moto in server mode on loopback for the life of the block; yields its endpoint URL.
 
-    The relay talks to it over HTTP exactly as it would talk to AWS.
+    The relay talks to it over HTTP exactly as it would talk to AWS. With `enforce_iam` (the
+    default) every request is authenticated and authorized (iam.py); that switch is moto's, for
+    the whole process. The server is moto's own application (as `ThreadedMotoServer` runs it)
+    behind `iam.JournalApp`, which serves the IAM journal.
     """
-    from moto.server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    from .iam import JournalApp, enforce
 
     check_port_free(host, port)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address=host, port=port or _free_port(host), verbose=False)
-    server.start()
+    app = JournalApp(DomainDispatcherApplication(create_backend_app))
+    server = make_server(
+        host, port or _free_port(host), app, threaded=True, request_handler=MotoRequestHandler
+    )
+    if enforce_iam:
+        enforce()
+    thread = threading.Thread(target=server.serve_forever, name="moto-server", daemon=True)
+    thread.start()
     try:
-        actual_host, actual_port = server.get_host_and_port()
-        yield f"http://{actual_host}:{actual_port}"
+        yield f"http://{host}:{server.server_port}"
     finally:
-        server.stop()
+        server.shutdown()
+        thread.join()
+        server.server_close()

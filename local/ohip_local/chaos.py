@@ -75,11 +75,12 @@ import httpx
 
 from ohip_relay.state import StateStore
 
-from .aws import DEFAULT_REGION, ProvisionedStack, local_client, provision
+from .aws import DEFAULT_REGION, POLL_ROLE, STREAM_ROLE, ProvisionedStack, local_client, provision
 from .control import ControlClient
 from .faultproxy import FaultProxy, FaultRule, running_fault_proxy
 from .gateway import GatewayConfig, LocalGateway
 from .harness import HarnessError, QueueReader, RelayProcess, wait_until
+from .iam import denials, describe_denials
 from .motoproc import moto_process
 from .reconcile import (
     CHANNEL_OVERLAP,
@@ -602,8 +603,8 @@ class _Run:
         self.control = ControlClient(gateway.control_url, timeout=120)
         self.chain = config.chains[0]
         self.cwd = Path(os.getcwd())
-        self.env = {
-            **environment_for(stack),
+        self.env = {  # the stream's (StreamTaskRole); a tick adds the poll role's credentials
+            **environment_for(stack, role=STREAM_ROLE),
             "AWS_ENDPOINT_URL": proxy.url,  # the relay and the ticks go through the fault proxy
             "OHIP_GATEWAY_URL": gateway.url,
             "OHIP_CLIENT_ID": config.client_id,
@@ -706,7 +707,7 @@ class _Run:
     def _tick(self, time_limit: float) -> str:
         tick = subprocess.run(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "ohip_relay.cli", "poll", "--time-limit", f"{time_limit:g}"],
-            env={**os.environ, **self.env},
+            env={**os.environ, **self.env, **self.stack.credentials(POLL_ROLE).environment()},
             cwd=self.cwd,
             capture_output=True,
             text=True,
@@ -954,6 +955,9 @@ def run_schedule(
     result.unexpected = len(verdict.unexpected)
     result.duplicates = dict(verdict.duplicates)
     result.problems += verdict.problems()
+    # Every component ran under its template role: a denial is a missing permission (or a call the
+    # component should not make), whatever the component did with the error.
+    result.problems += describe_denials(denials(moto_endpoint))
     result.notes = run.notes
     result.close_codes = sampler.close_codes
     result.duration = time.monotonic() - started

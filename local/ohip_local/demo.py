@@ -15,6 +15,7 @@ It exits 0 only when no event was lost and the relay stopped cleanly.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -28,10 +29,19 @@ from typing import Any
 
 from ohip_relay.state import StateStore, StreamState
 
-from .aws import DEFAULT_REGION, local_client, moto_server, provision
+from .aws import (
+    DEFAULT_REGION,
+    OPERATOR_ROLE,
+    POLL_ROLE,
+    STREAM_ROLE,
+    local_client,
+    moto_server,
+    provision,
+)
 from .control import ControlClient
 from .gateway import GatewayConfig
 from .harness import HarnessError, QueueReader, RelayProcess, wait_until
+from .iam import denials, describe_denials
 from .reconcile import (
     CHANNEL_OVERLAP,
     POLL_REPEAT,
@@ -65,6 +75,17 @@ def _relay_log_echo(verbose: bool) -> Callable[[str], None]:
     return echo
 
 
+# One line each, as the README's "Delivery guarantees" says it.
+_DUPLICATE_KINDS = {
+    STREAM_REPLAY: "same eventId: the stream re-sent events from its checkpoint after a reconnect "
+    "or crash; dropped by consumers idempotent on eventId (and by SQS FIFO within 5 min)",
+    CHANNEL_OVERLAP: "same eventKey, the other channel's eventId: one change carried by both channels "
+    "around the outage (the first tick publishes all the Poll API holds)",
+    POLL_REPEAT: "same poll eventId: the fallback sent a page again after a partial success or a "
+    "crash; dropped like a replay",
+}
+
+
 def run_demo(*, events: int = 300, rate: float = 100.0, seed: int = 1, verbose: bool = False) -> int:
     if events < 10:
         raise HarnessError("the demo needs at least 10 events")
@@ -79,16 +100,19 @@ def run_demo(*, events: int = 300, rate: float = 100.0, seed: int = 1, verbose: 
         stack = provision(endpoint, template, stack_name="ohip-relay-demo", region=DEFAULT_REGION)
         queue_name = stack.queue_url.rsplit("/", 1)[-1]
         _say(f"  local AWS     {endpoint} (queue {queue_name}, table {stack.table_name})")
+        _say("  IAM           enforced: stream, poll tick and status each under their template role")
         config = GatewayConfig(seed=seed)
         with running_gateway(config) as gateway:
             control = ControlClient(gateway.control_url)
             _say(f"  local OHIP    {gateway.url} (control {gateway.control_url})")
+            # The stream's environment as the Fargate task has it: its role's temporary credentials
+            # and the OHIP credentials in Secrets Manager (OHIP_SECRET_ARN), read under that role.
             env = {
-                **environment_for(stack),
+                **environment_for(stack, role=STREAM_ROLE),
+                **stack.store_ohip_credentials(
+                    client_id=config.client_id, client_secret=config.client_secret, app_key=config.app_key
+                ),
                 "OHIP_GATEWAY_URL": gateway.url,
-                "OHIP_CLIENT_ID": config.client_id,
-                "OHIP_CLIENT_SECRET": config.client_secret,
-                "OHIP_APP_KEY": config.app_key,
                 "OHIP_ENTERPRISE_ID": config.enterprise_id,
                 "OHIP_CHAIN_CODE": config.chains[0],
                 "RELAY_START_POSITION": "earliest",
@@ -110,11 +134,21 @@ def run_demo(*, events: int = 300, rate: float = 100.0, seed: int = 1, verbose: 
             tracked = _Emitted(gateway.source, chain)
             with reader:
                 state = StateStore(_dynamodb(endpoint, stack.region), stack.table_name, chain)
+                roles = {role: stack.credentials(role).environment() for role in (POLL_ROLE, OPERATOR_ROLE)}
                 status, suppressed = _scenario(
-                    control, env, reader, tracked, events=events, rate=rate, echo=echo, state=state
+                    control,
+                    env,
+                    reader,
+                    tracked,
+                    events=events,
+                    rate=rate,
+                    echo=echo,
+                    state=state,
+                    roles=roles,
                 )
                 fallback = state.get_fallback()
                 delivered = reader.snapshot()
+            denied = describe_denials(denials(endpoint))
             emitted = tracked.all()
     accounts = reconcile(emitted, delivered.bodies)
     lost, unexpected = accounts.lost, accounts.unexpected
@@ -134,10 +168,8 @@ def run_demo(*, events: int = 300, rate: float = 100.0, seed: int = 1, verbose: 
     )
     _say(f"  distinct events delivered       {accounts.delivered}")
     _say(f"  duplicates on the queue         {sum(duplicates.values())}" + (f" ({kinds})" if kinds else ""))
-    _say("                                  replays (same eventId): consumers idempotent on eventId drop")
-    _say("                                  them, and SQS FIFO drops resends within 5 min; channel overlap")
-    _say("                                  (same eventKey, the other channel's eventId): the same change")
-    _say("                                  from both channels around the outage, recognisable by eventKey")
+    for kind in (STREAM_REPLAY, CHANNEL_OVERLAP, POLL_REPEAT):
+        _say(f"    {kind:<16}{duplicates[kind]:>5}  {_DUPLICATE_KINDS[kind]}")
     if fallback is not None:
         _say(f"  fallback: published from poll   {fallback.counter('published')}")
         _say(f"  fallback: repeated eventIds     {fallback.counter('duplicates')}")
@@ -149,7 +181,9 @@ def run_demo(*, events: int = 300, rate: float = 100.0, seed: int = 1, verbose: 
     _say(f"  unexpected                      {len(unexpected)}")
     _say(f"  relay exit status               {status}")
     _say(f"  took                            {time.monotonic() - started:.1f}s")
-    ok = not lost and not unexpected and status == 0
+    for line in denied:  # a component's role lacks what the component did (docs/permissions.md)
+        _say(f"  {line}")
+    ok = not lost and not unexpected and status == 0 and not denied
     _say("OK: every emitted event reached the queue" if ok else "FAILED: see above")
     return 0 if ok else 1
 
@@ -169,6 +203,25 @@ def _poll_tick(env: dict[str, str], cwd: Path) -> str:
     return summary if isinstance(summary, str) else summary[0]
 
 
+def _status(env: dict[str, str], cwd: Path) -> str:
+    """`ohip-relay status --json`, summarised: what an operator (OperatorRole) sees."""
+    run = subprocess.run(
+        [sys.executable, "-m", "ohip_relay.cli", "status", "--json"],
+        env={**os.environ, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    try:
+        report = json.loads(run.stdout)
+    except ValueError:
+        return (run.stderr.strip().splitlines() or ["(no output)"])[-1]
+    checkpoint, state = report.get("checkpoint"), report.get("state")
+    return f"checkpoint {checkpoint}, state {state}, lease held by {report.get('leaseOwner') or 'nobody'}"
+
+
 def _scenario(
     control: ControlClient,
     env: dict[str, str],
@@ -179,7 +232,9 @@ def _scenario(
     rate: float,
     echo: Callable[[str], None],
     state: StateStore,
+    roles: dict[str, dict[str, str]],
 ) -> tuple[int, int]:
+    """`env` is the stream's; the poll tick and `status` run with their roles' credentials (`roles`)."""
     cwd = Path(os.getcwd())
     share = events // 5
     emitted = 0
@@ -194,7 +249,7 @@ def _scenario(
         return sum("subscribed to chain" in line for line in list(relay.lines))
 
     def tick(label: str) -> None:
-        _say(f"  poll tick ({label}): {_poll_tick(env, cwd)}")
+        _say(f"  poll tick ({label}): {_poll_tick({**env, **roles[POLL_ROLE]}, cwd)}")
 
     relay = RelayProcess(["stream"], env, echo=echo, cwd=cwd).start()
     try:
@@ -241,6 +296,7 @@ def _scenario(
         _say(f"  on the queue {reader.count()} messages")
         _say("step 7: SIGTERM: complete, drain, checkpoint, release the lease")
         status = relay.terminate(timeout=60)
+        _say(f"step 8: `ohip-relay status`, as an operator: {_status({**env, **roles[OPERATOR_ROLE]}, cwd)}")
         return status, _suppressed(relay)
     finally:
         if relay.returncode is None:

@@ -49,6 +49,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 log = logging.getLogger(__name__)
 
@@ -285,9 +286,11 @@ class FaultProxy:
     async def _forward(self, request: web.Request, body: bytes) -> tuple[int, dict[str, str], bytes]:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-        async with self._session.request(
-            request.method, self.upstream + request.path_qs, data=body, headers=headers
-        ) as upstream:
+        # The request is forwarded as signed: the client's Host header and the raw (still encoded)
+        # path and query, or moto, which checks SigV4 signatures, would refuse it.
+        headers["Host"] = request.headers.get("Host", request.host)
+        url = URL(self.upstream + request.raw_path, encoded=True)
+        async with self._session.request(request.method, url, data=body, headers=headers) as upstream:
             payload = await upstream.read()
             out = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
             return upstream.status, out, payload

@@ -165,7 +165,7 @@ class QueueReader:
             endpoint_url=endpoint_url,
             region_name=region,
             aws_access_key_id="testing",
-            aws_secret_access_key="testing",  # noqa: S106 - moto's fixed local credentials
+            aws_secret_access_key="testing",  # noqa: S106 - the local administrator (iam.py)
         )
         self.delivered = Delivered()
         self._lock = threading.Lock()

@@ -26,7 +26,8 @@ that parallel jobs each get their own:
         ...  # "http://127.0.0.1:<port>"
 
 `python -m ohip_local.motoproc` prints the endpoint on its first line and serves until its stdin
-closes or it gets SIGTERM.
+closes or it gets SIGTERM. IAM is enforced in the child as in any `aws.moto_server` (iam.py): the
+parent reads denials from its journal over HTTP (`iam.denials`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """A rig for `ohip-relay doctor`: the local OHIP gateway on a real socket, the template's resources
-on the moto server, and the environment a user would export for them."""
+on the moto server, and the environment a user would export for them, with the credentials of the
+role an operator assumes (OperatorRole, docs/permissions.md) for the doctor in-process and as a
+command alike."""
 
 from __future__ import annotations
 
@@ -17,10 +19,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
-from ohip_local.aws import ProvisionedStack, provision
+from ohip_local.aws import OPERATOR_ROLE, ProvisionedStack, provision
 from ohip_local.control import AsyncControlClient
 from ohip_local.gateway import GatewayConfig, LocalGateway
-from ohip_local.stack import environment_for
+from ohip_local.stack import credentials_in_environment, environment_for
 from ohip_relay import protocol as proto
 from ohip_relay.auth import OAuthParams, parse_token_response, token_request
 from ohip_relay.doctor import DoctorOptions, DoctorReport, run_doctor
@@ -72,7 +74,9 @@ class Setup:
         return env
 
     async def doctor(self, **changes: str | None) -> DoctorReport:
-        return await run_doctor(self.environment(**changes), OPTIONS)
+        env = self.environment(**changes)
+        with credentials_in_environment(env):  # its clients are built as the checks go
+            return await run_doctor(env, OPTIONS)
 
     async def token(self) -> str:
         cfg = self.gateway.config
@@ -126,7 +130,7 @@ def make_setup(
         clock = GatewayClock()
         async with LocalGateway(config, clock=clock) as gateway:
             env = {
-                **environment_for(doctor_stack),
+                **environment_for(doctor_stack, role=OPERATOR_ROLE),
                 "OHIP_GATEWAY_URL": gateway.url,
                 "OHIP_CLIENT_ID": config.client_id,
                 "OHIP_CLIENT_SECRET": config.client_secret,

@@ -21,6 +21,14 @@ pytestmark = pytest.mark.integration
 SetupFactory = Callable[..., AbstractAsyncContextManager[Setup]]
 
 
+# The local administrator's keys in place of the operator role's temporary credentials.
+ADMINISTRATOR: dict[str, str | None] = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": None,
+}
+
+
 def stopped_at(report: DoctorReport, name: str) -> dict[str, str]:
     """The failed check (which must be `name`); every check before it passed, none after it ran."""
     checks = report.to_dict()["checks"]
@@ -174,11 +182,33 @@ async def test_hotel_not_configured_for_the_external_system(setup: Setup) -> Non
 async def test_aws_resource_missing(
     setup: Setup, check: str, variable: str, replace: tuple[str, str]
 ) -> None:
+    # Credentials that may read any resource (an administrator's): AWS then answers "no such
+    # resource". The operator role covers the stack's own resources only (next test).
     value = setup.env[variable].replace(*replace)
-    failed = stopped_at(await setup.doctor(**{variable: value}), check)
+    failed = stopped_at(await setup.doctor(**{variable: value}, **ADMINISTRATOR), check)
     assert "does not exist" in failed["detail"]
     assert "sam deploy" in failed["next_step"]
     assert variable in failed["next_step"]
+
+
+@pytest.mark.denials_expected
+@pytest.mark.parametrize(
+    ("check", "variable", "replace"),
+    [
+        ("aws_queue", "RELAY_QUEUE_URL", ("events", "other-queue")),
+        ("aws_table", "RELAY_TABLE_NAME", ("state", "other-table")),
+    ],
+)
+async def test_aws_resource_outside_the_operator_role_is_denied(
+    setup: Setup, check: str, variable: str, replace: tuple[str, str]
+) -> None:
+    # IAM decides before the service looks the resource up: another (or a mistyped) queue or table
+    # is denied to OperatorRole whether it exists or not. (S3 answers 404 for a missing bucket
+    # first; moto does not, so the bucket is left out here: docs/permissions.md.)
+    value = setup.env[variable].replace(*replace)
+    failed = stopped_at(await setup.doctor(**{variable: value}), check)
+    assert "denied" in failed["detail"]
+    assert value in failed["detail"]
 
 
 async def test_no_bucket_configured_is_a_skip(setup: Setup) -> None:

@@ -15,7 +15,8 @@ import boto3
 import httpx
 import pytest
 
-from ohip_local.aws import ProvisionedStack
+from ohip_local.aws import STREAM_ROLE, ProvisionedStack
+from ohip_local.stack import credentials_in_environment
 from ohip_relay.auth import OAuthParams, SyncTokenProvider
 from ohip_relay.config import Need, Settings
 from ohip_relay.doctor import STREAM_CHECKS, DoctorOptions, run_doctor
@@ -46,7 +47,9 @@ async def relay(setup: Setup) -> AsyncIterator[asyncio.Task[int]]:
     """`ohip-relay stream` wired as in production (fast timers), from the oldest retained event."""
     env = setup.environment(RELAY_START_POSITION="earliest")
     settings = Settings.from_env(env, Need.OHIP, Need.STREAM, Need.AWS)
-    async with open_consumer(settings, FAST) as consumer:
+    async with contextlib.AsyncExitStack() as opened:
+        with credentials_in_environment(setup.stack.credentials(STREAM_ROLE).environment()):
+            consumer = await opened.enter_async_context(open_consumer(settings, FAST))
         task = asyncio.create_task(consumer.run())
         try:
             yield task
@@ -158,7 +161,8 @@ async def test_a_running_relay_is_left_alone(setup: Setup) -> None:
         waited.append(seconds)
         setup.clock.advance(seconds)
 
-    report = await run_doctor(setup.env, DoctorOptions(timeout=5.0, sleep=sleep))
+    with credentials_in_environment(setup.env):  # the operator's role
+        report = await run_doctor(setup.env, DoctorOptions(timeout=5.0, sleep=sleep))
     assert report.ok, report.to_text()
     assert all(by_name(report)[name]["status"] == "ok" for name in STREAM_CHECKS)
     assert len(waited) == 1

@@ -1,9 +1,10 @@
 """A rig for the optional enricher: the local OHIP gateway on its own thread (real sockets), the
 template's resources with `EnableEnricher=true` on the moto server, and the enricher's Lambda
-handler driven the way Lambda's SQS poller drives it (receive a batch from the relay queue, invoke
-the handler, delete what it did not report as failed; failed records become visible again, as they
-would once their visibility timeout ends, and the queue's redrive policy moves them to the
-dead-letter queue after maxReceiveCount receives).
+handler driven the way Lambda's SQS poller drives it (`ohip_local.eventsource`, with the function's
+role, EnricherRole, as in AWS: receive a batch from the relay queue, invoke the handler, delete what
+it did not report as failed; failed records become visible again, as they would once their
+visibility timeout ends, and the queue's redrive policy moves them to the dead-letter queue after
+maxReceiveCount receives). The handler runs with the role's credentials too.
 
 Waits (429 Retry-After, 5xx backoff) go through a fake clock: the test sees what the enricher
 asked to wait, and never waits."""
@@ -25,8 +26,9 @@ from typing import Any
 import boto3
 import pytest
 
-from ohip_local.aws import ProvisionedStack, provision
+from ohip_local.aws import ENRICHER_ROLE, ProvisionedStack, provision
 from ohip_local.control import ControlClient
+from ohip_local.eventsource import SqsEventSource
 from ohip_local.gateway import GatewayConfig, LocalGateway
 from ohip_local.poll import business_event_data
 from ohip_local.source import StoredEvent
@@ -110,6 +112,11 @@ class EnrichRig:
         self.enriched_url = self.stack.outputs["EnrichedQueueUrl"]
         self.relay_arn = f"arn:aws:sqs:{self.stack.region}:123456789012:{self.relay_url.rsplit('/', 1)[1]}"
         self._app: ModuleType | None = None
+        # Lambda's SQS poller, with the function's role.
+        role = self.stack.credentials(ENRICHER_ROLE).session(self.stack.region)
+        self.source = SqsEventSource(
+            role.client("sqs", endpoint_url=self.stack.endpoint_url), self.relay_url, region=self.stack.region
+        )
 
     @property
     def chain(self) -> str:
@@ -120,7 +127,7 @@ class EnrichRig:
     def env(self, **changes: str) -> dict[str, str]:
         cfg = self.gateway.config
         env = {
-            **environment_for(self.stack),
+            **environment_for(self.stack, role=ENRICHER_ROLE),
             "OHIP_GATEWAY_URL": self.gateway.url,
             "OHIP_CLIENT_ID": cfg.client_id,
             "OHIP_CLIENT_SECRET": cfg.client_secret,
@@ -207,45 +214,17 @@ class EnrichRig:
     def deliver(self, *, remaining_ms: int = 45_000, options: EnrichOptions | None = None) -> Delivery | None:
         """One poller round: receive up to 10 relay messages, invoke the handler, delete the records
         it did not fail and make the failed ones visible again. None when nothing was received."""
-        response = self.sqs.receive_message(
-            QueueUrl=self.relay_url,
-            MaxNumberOfMessages=10,
-            WaitTimeSeconds=0,
-            AttributeNames=["All"],
-            MessageAttributeNames=["All"],
-        )
-        messages = response.get("Messages", [])
-        if not messages:
+        batch = self.source.receive()
+        if batch is None:
             return None
-        records = [
-            {
-                "messageId": m["MessageId"],
-                "receiptHandle": m["ReceiptHandle"],
-                "body": m["Body"],
-                "attributes": m.get("Attributes", {}),
-                "messageAttributes": {},
-                "md5OfBody": m["MD5OfBody"],
-                "eventSource": "aws:sqs",
-                "eventSourceARN": self.relay_arn,
-                "awsRegion": self.stack.region,
-            }
-            for m in messages
-        ]
         app = self.handler_module(options)
-        result = app.handler({"Records": records}, FakeContext(remaining_ms=remaining_ms))
-        failed = [f["itemIdentifier"] for f in result["batchItemFailures"]]
-        handles = {m["MessageId"]: m["ReceiptHandle"] for m in messages}
-        done = [i for i in handles if i not in failed]
-        if done:
-            self.sqs.delete_message_batch(
-                QueueUrl=self.relay_url,
-                Entries=[{"Id": str(n), "ReceiptHandle": handles[i]} for n, i in enumerate(done)],
-            )
-        for message_id in failed:  # the visibility timeout, without waiting for it
+        result = app.handler(batch.event, FakeContext(remaining_ms=remaining_ms))
+        failed = self.source.complete(batch, result)
+        for message_id in failed:  # the visibility timeout passing (the harness's doing, not Lambda's)
             self.sqs.change_message_visibility(
-                QueueUrl=self.relay_url, ReceiptHandle=handles[message_id], VisibilityTimeout=0
+                QueueUrl=self.relay_url, ReceiptHandle=batch.handles[message_id], VisibilityTimeout=0
             )
-        return Delivery([m["MessageId"] for m in messages], failed)
+        return Delivery(batch.message_ids, failed)
 
     def drain(self, *, rounds: int = 20, **kw: Any) -> list[Delivery]:
         """Poller rounds until the relay queue gives nothing (bounded)."""

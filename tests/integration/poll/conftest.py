@@ -24,10 +24,10 @@ import boto3
 import httpx
 import pytest
 
-from ohip_local.aws import ProvisionedStack
+from ohip_local.aws import POLL_ROLE, ProvisionedStack
 from ohip_local.gateway import GatewayConfig, LocalGateway
 from ohip_local.source import EventDraft, StoredEvent
-from ohip_local.stack import environment_for
+from ohip_local.stack import credentials_in_environment, environment_for
 from ohip_local.threaded import call_in_gateway, running_gateway
 from ohip_relay.config import Need, Settings
 from ohip_relay.events import MalformedEvent, from_poll, poll_event_id, stream_event_id
@@ -80,7 +80,7 @@ class PollRig:
     def env(self, **changes: str) -> dict[str, str]:
         cfg = self.gateway.config
         env = {
-            **environment_for(self.stack),
+            **environment_for(self.stack, role=POLL_ROLE),
             "OHIP_GATEWAY_URL": self.gateway.url,
             "OHIP_CLIENT_ID": cfg.client_id,
             "OHIP_CLIENT_SECRET": cfg.client_secret,
@@ -97,7 +97,12 @@ class PollRig:
 
     @contextmanager
     def fallback(self, options: FallbackOptions | None = None, **env: str) -> Iterator[PollFallback]:
-        with open_fallback(self.settings(**env), self.telemetry, options=options, clock=self.clock) as fb:
+        """The fallback of `ohip-relay poll`, its AWS clients signed with the poll role's credentials."""
+        with contextlib.ExitStack() as opened:
+            with credentials_in_environment(self.env(**env)):
+                fb = opened.enter_context(
+                    open_fallback(self.settings(**env), self.telemetry, options=options, clock=self.clock)
+                )
             yield fb
 
     def tick(self, remaining: Callable[[], float] = lambda: 60.0, **env: str) -> TickReport:
@@ -124,7 +129,11 @@ class PollRig:
         sqs, s3, dynamodb = sqs or self.sqs, s3 or self.s3, dynamodb or self.dynamodb
         bucket, table = self.stack.bucket_name, self.stack.table_name
         try:
-            with open_fallback(settings, self.telemetry, options=opts, clock=self.clock, http=client) as fb:
+            with contextlib.ExitStack() as opened:
+                with credentials_in_environment(self.env(**env)):
+                    fb = opened.enter_context(
+                        open_fallback(settings, self.telemetry, options=opts, clock=self.clock, http=client)
+                    )
                 fb.state = StateStore(dynamodb, table, self.chain)
                 fb.seen = SeenSet(dynamodb, table, ttl_days=settings.seen_ttl_days, clock=self.clock)
                 fb.sender = SqsBatchSender(

@@ -15,8 +15,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import boto3
 import pytest
 
+from ohip_local.aws import CONSUMER_ROLE
 from ohip_local.poll import business_event_data
 from ohip_relay.cli import main
 from ohip_relay.events import from_poll
@@ -49,7 +51,14 @@ def load_function(name: str) -> ModuleType:
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    # A new execution environment is a new process: boto3's default session, which caches the
+    # credentials it first resolved, starts afresh with the environment's (the function's role);
+    # the process's own is put back for whatever the test builds next.
+    saved, boto3.DEFAULT_SESSION = boto3.DEFAULT_SESSION, None
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        boto3.DEFAULT_SESSION = saved
     return module
 
 
@@ -111,6 +120,9 @@ def consumer(rig: PollRig, env: dict[str, str], monkeypatch: pytest.MonkeyPatch)
         )
     monkeypatch.setenv("IDEMPOTENCY_TABLE_NAME", table)
     monkeypatch.delenv("POWERTOOLS_IDEMPOTENCY_DISABLED", raising=False)
+    # Its own role (ConsumerRole), not the poll rig's: the module builds its clients on import.
+    for name, value in rig.stack.credentials(CONSUMER_ROLE).environment().items():
+        monkeypatch.setenv(name, value)
     return load_function("example_consumer")
 
 

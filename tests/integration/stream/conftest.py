@@ -1,6 +1,7 @@
 """A rig for the stream consumer's integration tests: the local OHIP gateway on a real socket, the
 template's resources on the moto server, and the consumer wired exactly as `ohip-relay stream`
-wires it (only the timers are shortened)."""
+wires it (only the timers are shortened), under the task's role (StreamTaskRole): `env` carries
+its temporary credentials, for the consumer in-process and for `ohip-relay` processes alike."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from typing import Any
 import boto3
 import pytest
 
-from ohip_local.aws import ProvisionedStack
+from ohip_local.aws import STREAM_ROLE, ProvisionedStack
 from ohip_local.gateway import GatewayConfig, LocalGateway
-from ohip_local.stack import environment_for
+from ohip_local.stack import credentials_in_environment, environment_for
 from ohip_relay.config import Need, Settings
 from ohip_relay.state import StateStore
 from ohip_relay.stream import StreamConsumer, StreamOptions, open_consumer
@@ -84,8 +85,13 @@ class Rig:
         state: StateStore | None = None,
         **env: str,
     ) -> AsyncIterator[Running]:
-        """`state`: the consumer's state store instead of the one `open_consumer` wires."""
-        async with open_consumer(self.settings(**env), options, owner=owner) as consumer:
+        """`state`: the consumer's state store instead of the one `open_consumer` wires. Its AWS
+        clients are built with the role's credentials (those of `env`)."""
+        async with contextlib.AsyncExitStack() as opened:
+            with credentials_in_environment({**self.env, **env}):
+                consumer = await opened.enter_async_context(
+                    open_consumer(self.settings(**env), options, owner=owner)
+                )
             if state is not None:
                 consumer.state = state
             running = Running(consumer, asyncio.create_task(consumer.run()))
@@ -158,7 +164,7 @@ async def make_rig(
         config = dataclasses.replace(GatewayConfig(), **gateway_changes)
         async with LocalGateway(config) as gateway:
             env = {
-                **environment_for(aws_stack),
+                **environment_for(aws_stack, role=STREAM_ROLE),
                 "OHIP_GATEWAY_URL": gateway.url,
                 "OHIP_CLIENT_ID": config.client_id,
                 "OHIP_CLIENT_SECRET": config.client_secret,
