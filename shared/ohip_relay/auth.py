@@ -180,8 +180,13 @@ class _Provider:
         return self._cache.expires_at()
 
 
-def _unreachable(exc: httpx.HTTPError) -> AuthError:
-    return AuthError(f"cannot reach the OHIP token endpoint: {type(exc).__name__}")
+def _unreachable(exc: httpx.HTTPError, url: str) -> AuthError:
+    why = type(exc).__name__
+    if isinstance(exc, httpx.ConnectError):
+        why += " (nothing answers there: check OHIP_GATEWAY_URL and the network path)"
+    elif isinstance(exc, httpx.TimeoutException):
+        why += " (no answer in time)"
+    return AuthError(f"cannot reach the OHIP token endpoint {url}: {why}")
 
 
 class AsyncTokenProvider(_Provider):
@@ -208,7 +213,7 @@ class AsyncTokenProvider(_Provider):
             try:
                 response = await self._client.post(request.url, headers=request.headers, data=request.form)
             except httpx.HTTPError as exc:
-                raise _unreachable(exc) from exc
+                raise _unreachable(exc, request.url) from exc
             return self._accept(response)
 
 
@@ -236,5 +241,5 @@ class SyncTokenProvider(_Provider):
             try:
                 response = self._client.post(request.url, headers=request.headers, data=request.form)
             except httpx.HTTPError as exc:
-                raise _unreachable(exc) from exc
+                raise _unreachable(exc, request.url) from exc
             return self._accept(response)

@@ -25,6 +25,12 @@ from enum import StrEnum
 CONFLICT_LOCKOUT = 10.0
 #: A 4403 needs a human (app not approved / not subscribed): retry, but only every few minutes.
 FORBIDDEN_RETRY = 300.0
+#: Credentials the token endpoint refuses (HTTP 400/401/403) need a human too, but the fix (a new
+#: secret in Secrets Manager, a corrected variable and a restart) is often quick: the first retry
+#: comes after AUTH_RETRY_FIRST seconds, each next one after twice as long, at most
+#: AUTH_RETRY_CAP (30, 60, 120, 240, 300, 300... seconds), plus the usual jitter on top.
+AUTH_RETRY_FIRST = 30.0
+AUTH_RETRY_CAP = FORBIDDEN_RETRY
 #: Servers that say "too many requests" (4429, HTTP 429, 1013) get a floor too.
 THROTTLED_RETRY = 10.0
 
@@ -72,21 +78,30 @@ class CloseOutcome:
         return classify_handshake_status(status)
 
     @classmethod
-    def for_auth_failure(cls, *, permanent: bool) -> CloseOutcome:
+    def for_auth_failure(cls, *, permanent: bool, refusals: int = 1) -> CloseOutcome:
         """The OAuth token endpoint failed before we could connect.
 
-        Permanent (bad credentials, unknown client): treated like a 4403, alarm and slow retry.
-        Otherwise (timeout, 5xx): transient.
+        Permanent (bad credentials, unknown client): an alarm, and a retry after `auth_retry_floor`
+        (`refusals` counts the refusals in a row, this one included). Otherwise (timeout, 5xx,
+        unreachable): transient.
         """
         if permanent:
             return cls(
                 None,
                 CloseKind.PERMANENT,
                 "the OAuth token request was refused: check the client credentials",
-                min_delay=FORBIDDEN_RETRY,
+                min_delay=auth_retry_floor(refusals),
                 alarm=True,
             )
         return cls(None, CloseKind.TRANSIENT, "the OAuth token request failed")
+
+
+def auth_retry_floor(refusals: int) -> float:
+    """Seconds to wait after the `refusals`-th refusal of the credentials in a row (1-based):
+    AUTH_RETRY_FIRST, doubling, at most AUTH_RETRY_CAP."""
+    if refusals < 1:
+        raise ValueError("refusals counts from 1")
+    return min(AUTH_RETRY_CAP, AUTH_RETRY_FIRST * 2.0 ** min(refusals - 1, 16))
 
 
 # code -> (kind, our reason, min_delay, alarm). `renew_token` follows from the kind.
@@ -269,12 +284,15 @@ class Backoff:
 
 
 __all__ = [
+    "AUTH_RETRY_CAP",
+    "AUTH_RETRY_FIRST",
     "CONFLICT_LOCKOUT",
     "FORBIDDEN_RETRY",
     "THROTTLED_RETRY",
     "Backoff",
     "CloseKind",
     "CloseOutcome",
+    "auth_retry_floor",
     "classify_close",
     "classify_handshake_status",
     "full_jitter",

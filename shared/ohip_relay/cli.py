@@ -8,18 +8,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
 
 from .errors import StartupError
+from .failures import EXIT_FAILED, EXIT_USAGE, explain
+
+if TYPE_CHECKING:
+    from .config import Need, Settings
+    from .health import StreamHealth
+    from .state import Checkpoint, FallbackRecord, Heartbeat, Lease
 
 EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
@@ -27,58 +35,81 @@ class CommandError(StartupError):
     """A command cannot go on; the message is the one line the user sees."""
 
 
-def _stream(args: argparse.Namespace) -> int:
-    from .config import Need, Settings
+def _settings(args: argparse.Namespace, *needs: Need, secrets: bool = False) -> Settings:
+    """The settings from the environment, with the command line's --log-format applied."""
+    from .config import LogFormat, Settings
     from .runtime import resolve_secrets
+
+    settings = Settings.from_env(os.environ, *needs)
+    settings = dataclasses.replace(settings, log_format=LogFormat(args.log_format))
+    return resolve_secrets(settings) if secrets else settings
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from .config import Need
     from .stream import run_stream
 
-    settings = resolve_secrets(Settings.from_env(os.environ, Need.OHIP, Need.STREAM, Need.AWS))
+    settings = _settings(args, Need.OHIP, Need.STREAM, Need.AWS, secrets=True)
     return asyncio.run(run_stream(settings))
 
 
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number of seconds within [low, high] (no nan, no inf), checked like the
+    environment variables are."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected a number of seconds from {low:g} to {high:g} (got {text!r})"
+            )
+        return value
+
+    return parse
+
+
 def _poll(args: argparse.Namespace) -> int:
-    from .config import Need, Settings
+    from .config import Need
     from .fallback import FallbackError, deadline_after, open_fallback
-    from .runtime import resolve_secrets
     from .telemetry import Telemetry
 
-    settings = resolve_secrets(Settings.from_env(os.environ, Need.OHIP, Need.POLL, Need.AWS))
-    telemetry = Telemetry(service="poll")
+    settings = _settings(args, Need.OHIP, Need.POLL, Need.AWS, secrets=True)
+    telemetry = Telemetry(service="poll", emit=settings.emit_metrics)
     try:
         with open_fallback(settings, telemetry) as fallback:
             report = fallback.tick(deadline_after(args.time_limit))
+        telemetry.flush()
     except FallbackError as exc:
-        print(f"ohip-relay poll: {exc}", file=sys.stderr)
+        print(f"ohip-relay: poll: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(report.summary())
+    if report.never_seen:
+        print(
+            f"note: chain {settings.chain_code} has never been seen in table {settings.table_name} "
+            "(no stream heartbeat, no earlier tick), so the stream counts as down; if a stream consumer "
+            "runs, check that its OHIP_CHAIN_CODE and RELAY_TABLE_NAME are these",
+            file=sys.stderr,
+        )
     return EXIT_FAILED if report.errors else EXIT_OK
 
 
-def _status(args: argparse.Namespace) -> int:
-    from .config import Need, Settings
-    from .health import HealthThresholds, judge_stream
-    from .runtime import aws_client
-    from .state import StateStore
-
-    settings = Settings.from_env(os.environ, Need.STREAM, Need.AWS)
-    store = StateStore(aws_client(settings, "dynamodb"), settings.table_name, settings.chain_code)
-    now = time.time()
-    checkpoint = store.get_checkpoint()
-    heartbeat = store.get_heartbeat()
-    lease = store.get_lease()
-    fallback = store.get_fallback()
-    health = judge_stream(
-        heartbeat,
-        now,
-        HealthThresholds(
-            stale_seconds=settings.health_stale_seconds,
-            grace_seconds=settings.health_grace_seconds,
-            recover_seconds=settings.health_recover_seconds,
-        ),
-        seen_down_since=fallback.stream_down_since if fallback else None,
-    )
-    report: dict[str, object] = {
-        "chain": settings.chain_code,
+def status_report(
+    chain: str,
+    checkpoint: Checkpoint | None,
+    heartbeat: Heartbeat | None,
+    lease: Lease | None,
+    fallback: FallbackRecord | None,
+    health: StreamHealth,
+    now: float,
+) -> dict[str, object]:
+    """`ohip-relay status --json`: one object; absent values are null, numbers are numbers
+    (checkpoint -1 means "before offset 0": the log is read from offset 0, nothing handled yet)."""
+    return {
+        "chain": chain,
+        "seen": any(item is not None for item in (checkpoint, heartbeat, lease, fallback)),
         "checkpoint": checkpoint.offset if checkpoint else None,
         "checkpointAgeSeconds": round(now - checkpoint.updated_at, 1) if checkpoint else None,
         "state": str(heartbeat.state) if heartbeat else None,
@@ -96,82 +127,105 @@ def _status(args: argparse.Namespace) -> int:
         ),
         "fallbackPublished": fallback.counter("published") if fallback else 0,
     }
+
+
+def _ago(seconds: object) -> str:
+    return f"{seconds}s ago" if isinstance(seconds, int | float) else "never"
+
+
+def render_status(report: Mapping[str, object]) -> list[str]:
+    """`ohip-relay status`: one line per field, in words where a number alone would mislead."""
+    from .state import describe_checkpoint
+
+    checkpoint = report["checkpoint"]
+    rows = [
+        ("chain", str(report["chain"])),
+        ("state", str(report["state"] or "no heartbeat yet")),
+        ("health", f"{'healthy' if report['healthy'] else 'unhealthy'} ({report['health']})"),
+        (
+            "checkpoint",
+            describe_checkpoint(checkpoint if isinstance(checkpoint, int) else None)
+            + (f" (written {_ago(report['checkpointAgeSeconds'])})" if checkpoint is not None else ""),
+        ),
+        ("last offset", "none yet" if report["lastOffset"] is None else str(report["lastOffset"])),
+        ("lag", "unknown" if report["lagSeconds"] is None else f"{report['lagSeconds']}s"),
+        ("heartbeat", _ago(report["heartbeatAgeSeconds"])),
+        ("detail", str(report["detail"] or "-")),
+        ("lease holder", str(report["leaseOwner"] or "nobody")),
+        (
+            "fallback",
+            (
+                "active since " + _ago_epoch(report["fallbackSince"])
+                if report["fallbackActive"]
+                else "inactive"
+            )
+            + f"; last tick {_ago(report['fallbackLastTickAgeSeconds'])}"
+            + f"; published {report['fallbackPublished']} in all",
+        ),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return [f"{name:<{width}}  {value}" for name, value in rows]
+
+
+def _ago_epoch(epoch: object) -> str:
+    if not isinstance(epoch, int | float):
+        return "an unknown time"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+
+
+def _status(args: argparse.Namespace) -> int:
+    from botocore.config import Config
+
+    from .config import Need
+    from .health import HealthThresholds, judge_stream
+    from .runtime import aws_client
+    from .state import StateStore
+
+    settings = _settings(args, Need.STREAM, Need.AWS)
+    # A status query is one-shot: short timeouts and one retry, and botocore's retries not logged.
+    if not args.verbose:
+        logging.getLogger("ohip_relay.aws").setLevel(logging.ERROR)
+    quick = Config(retries={"mode": "standard", "total_max_attempts": 2}, connect_timeout=5, read_timeout=10)
+    store = StateStore(
+        aws_client(settings, "dynamodb", config=quick), settings.table_name, settings.chain_code
+    )
+    now = time.time()
+    checkpoint = store.get_checkpoint()
+    heartbeat = store.get_heartbeat()
+    lease = store.get_lease()
+    fallback = store.get_fallback()
+    health = judge_stream(
+        heartbeat,
+        now,
+        HealthThresholds(
+            stale_seconds=settings.health_stale_seconds,
+            grace_seconds=settings.health_grace_seconds,
+            recover_seconds=settings.health_recover_seconds,
+        ),
+        seen_down_since=fallback.stream_down_since if fallback else None,
+    )
+    report = status_report(settings.chain_code, checkpoint, heartbeat, lease, fallback, health, now)
     if args.json:
         print(json.dumps(report))
-    else:
-        width = max(len(k) for k in report)
-        for key, value in report.items():
-            print(f"{key:<{width}}  {'-' if value is None else value}")
+    elif report["seen"]:
+        print("\n".join(render_status(report)))
+    if not report["seen"]:
+        print(
+            f"ohip-relay: status: chain {settings.chain_code} has never been seen in table "
+            f"{settings.table_name} (no checkpoint, heartbeat, lease or fallback record): start "
+            "`ohip-relay stream` for it, or check OHIP_CHAIN_CODE and RELAY_TABLE_NAME",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return EXIT_OK
 
 
 def _doctor(args: argparse.Namespace) -> int:
     from .doctor import DoctorOptions, run_doctor
 
-    if not args.timeout > 0:
-        raise CommandError(f"doctor: --timeout must be a positive number of seconds, not {args.timeout:g}")
     report = asyncio.run(run_doctor(os.environ, DoctorOptions(timeout=args.timeout)))
     print(json.dumps(report.to_dict()) if args.json else report.to_text())
     return report.exit_code
-
-
-def _local_gateway(args: argparse.Namespace) -> int:
-    try:
-        from ohip_local.gateway import GatewayConfig, serve_forever
-    except ImportError as exc:  # pragma: no cover - only without the [local] extra
-        raise CommandError("the local stack is not installed: pip install 'ohip-relay[local]'") from exc
-
-    config = GatewayConfig(
-        host=args.host,
-        port=args.port,
-        control_port=args.control_port,
-        token_lifetime=args.token_lifetime,
-        seed=args.seed,
-    )
-    asyncio.run(serve_forever(config))
-    return EXIT_OK
-
-
-def _local_aws(args: argparse.Namespace) -> int:
-    try:
-        from ohip_local.stack import serve_aws_forever
-    except ImportError as exc:  # pragma: no cover - only without the [local] extra
-        raise CommandError("the local stack is not installed: pip install 'ohip-relay[local]'") from exc
-    serve_aws_forever(host=args.host, port=args.port, stack_name=args.stack_name)
-    return EXIT_OK
-
-
-def _local_demo(args: argparse.Namespace) -> int:
-    try:
-        from ohip_local.demo import run_demo
-    except ImportError as exc:  # pragma: no cover - only without the [local] extra
-        raise CommandError("the local stack is not installed: pip install 'ohip-relay[local]'") from exc
-    status: int = run_demo(events=args.events, rate=args.rate, seed=args.seed, verbose=args.verbose)
-    return status
-
-
-def _local_chaos(args: argparse.Namespace) -> int:
-    try:
-        from ohip_local.chaos import run_chaos
-    except ImportError as exc:  # pragma: no cover - only without the [local] extra
-        raise CommandError("the local stack is not installed: pip install 'ohip-relay[local]'") from exc
-    if args.schedules < 1:
-        raise CommandError("--schedules must be at least 1")
-    if args.jobs < 1:
-        raise CommandError("--jobs must be at least 1")
-    from pathlib import Path
-
-    out = Path(args.out) if args.out else None
-    results = run_chaos(
-        schedules=args.schedules,
-        seed=args.seed,
-        short=args.short,
-        verbose=args.verbose,
-        out=out,
-        minutes=args.minutes,
-        jobs=args.jobs,
-    )
-    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,8 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-format",
         choices=("text", "json"),
-        default=os.environ.get("RELAY_LOG_FORMAT", "text"),
-        help="log lines as text or as JSON (default: $RELAY_LOG_FORMAT or text)",
+        default=None,
+        help="log lines as text or as JSON (default: $RELAY_LOG_FORMAT or text). Metrics (EMF) are written "
+        "to stdout with json and not with text, unless RELAY_METRICS=emf|off says otherwise",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -192,7 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     stream.set_defaults(handler=_stream)
 
     poll = commands.add_parser("poll", help="run one poll fallback tick and print a one-line summary")
-    poll.add_argument("--time-limit", type=float, default=60.0, help="seconds the tick may take (default 60)")
+    poll.add_argument(
+        "--time-limit",
+        type=_seconds(1.0, 900.0),
+        default=60.0,
+        help="seconds the tick may take, 1 to 900 (default 60)",
+    )
     poll.set_defaults(handler=_poll)
 
     status = commands.add_parser("status", help="print checkpoint, heartbeat, lag and lease")
@@ -206,60 +266,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="one JSON object")
     doctor.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds for each network step (default 10)"
+        "--timeout",
+        type=_seconds(0.1, 300.0),
+        default=10.0,
+        help="seconds for each network step (default 10)",
     )
     doctor.set_defaults(handler=_doctor)
 
-    local = commands.add_parser("local", help="the local stack: OHIP gateway and AWS endpoint")
-    local_commands = local.add_subparsers(dest="local_command", required=True, metavar="PART")
-
-    gateway = local_commands.add_parser("gateway", help="run the local OHIP gateway until Ctrl-C")
-    gateway.add_argument("--host", default="127.0.0.1")
-    gateway.add_argument(
-        "--port", type=int, default=8700, help="OAuth, streaming and Poll API (default 8700)"
-    )
-    gateway.add_argument("--control-port", type=int, default=8701, help="control interface (default 8701)")
-    gateway.add_argument("--token-lifetime", type=float, default=3600.0, help="seconds (default 3600)")
-    gateway.add_argument("--seed", type=int, default=1, help="event generator seed (default 1)")
-    gateway.set_defaults(handler=_local_gateway)
-
-    aws = local_commands.add_parser("aws", help="run moto server with the template's resources until Ctrl-C")
-    aws.add_argument("--host", default="127.0.0.1")
-    aws.add_argument("--port", type=int, default=8702, help="default 8702")
-    aws.add_argument("--stack-name", default="ohip-relay-local")
-    aws.set_defaults(handler=_local_aws)
-
-    demo = local_commands.add_parser(
-        "demo", help="the `make run` scenario: the whole pipeline on the local stack"
-    )
-    demo.add_argument("--events", type=int, default=300, help="events to emit (default 300)")
-    demo.add_argument("--rate", type=float, default=100.0, help="events per second (default 100)")
-    demo.add_argument("--seed", type=int, default=1)
-    demo.set_defaults(handler=_local_demo)
-
-    chaos = local_commands.add_parser(
-        "chaos", help="the `make chaos` suite: seeded fault schedules, delivery invariants checked"
-    )
-    chaos.add_argument("--schedules", type=int, default=20, help="how many schedules (default 20)")
-    chaos.add_argument("--seed", type=int, default=1, help="the first schedule's seed (default 1)")
-    chaos.add_argument("--short", action="store_true", help="the CI cut: fewer steps, smaller bursts")
-    chaos.add_argument("--out", help="append one JSON line per schedule to this file")
-    chaos.add_argument("--minutes", type=float, help="start no schedule after this many minutes")
-    chaos.add_argument(
-        "--jobs", type=int, default=1, help="schedules run at once, each with its own local stack (default 1)"
-    )
-    chaos.add_argument(
-        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="each step, the relay's log"
-    )
-    chaos.set_defaults(handler=_local_chaos)
+    for register in _plugins():
+        register(commands)
     return parser
 
 
-def configure_logging(fmt: str, level: int) -> None:
-    """Log to stderr, every line masked for personal data (see `ohip_relay.redact`)."""
+def _plugins() -> Iterator[Callable[[Any], None]]:
+    """Commands other packages add (`ohip-relay local ...` comes from the local stack this way: the
+    product never imports it). Entry point group `ohip_relay.commands`; each is called with the
+    sub-command parsers."""
+    for point in entry_points(group="ohip_relay.commands"):
+        try:
+            register = point.load()
+        except ImportError:  # a plugin whose own dependencies are missing: its commands are absent
+            continue
+        yield register
+
+
+class ShortExceptions(logging.Filter):
+    """Without -v a logged exception is one line, `[Type: message]` after the record's message,
+    never a traceback: the first hour with a tool should not read like Python's internals."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            from .errors import one_line
+
+            record.msg = f"{record.getMessage()} [{one_line(record.exc_info[1])}]"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def configure_logging(fmt: str, level: int, *, tracebacks: bool | None = None) -> None:
+    """Log to stderr, every line masked for personal data (see `ohip_relay.redact`). Tracebacks are
+    logged only at debug level (-v), unless `tracebacks` says otherwise."""
     from .redact import RedactingFilter, RedactingFormatter
 
     handler = logging.StreamHandler(sys.stderr)
+    if not (level <= logging.DEBUG if tracebacks is None else tracebacks):
+        handler.addFilter(ShortExceptions())
     if fmt == "json":
         handler.setFormatter(RedactingFormatter())
     else:
@@ -273,15 +326,29 @@ def configure_logging(fmt: str, level: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Whatever ends it early is one line on stderr that names what failed and the
+    next step (`failures.explain`): exit 2 for configuration, credentials or permissions, 1 for a
+    run that failed; the traceback only with -v."""
+    from .config import ConfigError, log_format_from_env
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.log_format is None:
+        try:
+            args.log_format = log_format_from_env(os.environ).value
+        except ConfigError as exc:
+            print(f"ohip-relay: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     configure_logging(args.log_format, logging.DEBUG if args.verbose else logging.INFO)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except StartupError as exc:
-        print(f"ohip-relay: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except Exception as exc:
+        failure = explain(exc, os.environ)
+        print(f"ohip-relay: {failure.message}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exception(exc, file=sys.stderr)
+        return failure.exit_code
     except KeyboardInterrupt:
         # Ctrl-C, or SIGTERM where a command turns it into one (the chaos suite): not a success,
         # so that a run cut short (a CI timeout) never reads as a passed one.

@@ -30,6 +30,22 @@ class StartPosition(Enum):
     EARLIEST = "earliest"  # the whole retention (7 days)
 
 
+class LogFormat(Enum):
+    """How log lines look (`RELAY_LOG_FORMAT`, or `--log-format`)."""
+
+    TEXT = "text"  # one human line each, on stderr
+    JSON = "json"  # Powertools-style JSON lines (the template sets it for the Fargate task and Lambdas)
+
+
+class MetricsOutput(Enum):
+    """Where metrics go (`RELAY_METRICS`). CloudWatch reads Embedded Metric Format documents from a
+    task's or function's log stream; in a terminal they are noise among the human lines."""
+
+    AUTO = "auto"  # EMF when the log format is json (AWS), nothing when it is text (a terminal)
+    EMF = "emf"  # EMF documents on stdout, whatever the log format
+    OFF = "off"  # no metrics output (counters still drive the logs and `status`)
+
+
 class SqsTransport(Enum):
     """How the stream consumer sends its SendMessageBatch requests (`RELAY_SQS_TRANSPORT`)."""
 
@@ -50,8 +66,10 @@ class Need(Enum):
 # Same rule as the streaming schema's chainCode (NewEventInput), so a bad value fails at start-up
 # rather than as an `error` message from the server.
 _CHAIN_CODE = re.compile(r"^[A-Za-z0-9 _%#$&-]{1,20}$")
+_CHAIN_CODE_EXPECTED = "1-20 letters, digits, spaces or _%#$&-"
 _HOTEL_ID = re.compile(r"^[A-Za-z0-9_-]{1,20}$")
 _EXTERNAL_SYSTEM = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
+_EXTERNAL_SYSTEM_EXPECTED = "1-40 letters, digits or _.-"
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
@@ -77,6 +95,8 @@ class Settings:
     chain_code: str = ""
     hotel_ids: tuple[str, ...] = ()
     external_system: str = ""
+    stream_delta: bool = False  # the subscription's `delta`: only changed elements in `detail`
+    hotel_code: str = ""  # the subscription's `hotelCode` filter; "" means every hotel of the chain
     secret_arn: str = ""
     queue_url: str = ""
     table_name: str = ""
@@ -95,6 +115,15 @@ class Settings:
     enriched_queue_url: str = ""
     enrich_routes: str = ""  # path of a routing file; "" means the packaged default
     enrich_concurrency: int = 4
+    log_format: LogFormat = LogFormat.TEXT
+    metrics_output: MetricsOutput = MetricsOutput.AUTO
+
+    @property
+    def emit_metrics(self) -> bool:
+        """Whether EMF documents are written (see `MetricsOutput`)."""
+        if self.metrics_output is MetricsOutput.AUTO:
+            return self.log_format is LogFormat.JSON
+        return self.metrics_output is MetricsOutput.EMF
 
     @property
     def queue_is_fifo(self) -> bool:
@@ -114,19 +143,13 @@ class Settings:
             app_key=reader.text("OHIP_APP_KEY", required=credentials_required, secret=True),
             enterprise_id=reader.text("OHIP_ENTERPRISE_ID"),
             oauth_scope=reader.text("OHIP_OAUTH_SCOPE"),
-            chain_code=reader.pattern(
-                "OHIP_CHAIN_CODE",
-                _CHAIN_CODE,
-                "1-20 letters, digits, spaces or _%#$&-",
-                required=Need.STREAM in required or Need.POLL in required,
+            chain_code=reader.chain_code(
+                "OHIP_CHAIN_CODE", required=Need.STREAM in required or Need.POLL in required
             ),
             hotel_ids=reader.hotel_ids("OHIP_HOTEL_IDS"),
-            external_system=reader.pattern(
-                "OHIP_EXTERNAL_SYSTEM",
-                _EXTERNAL_SYSTEM,
-                "1-40 letters, digits or _.-",
-                required=Need.POLL in required,
-            ),
+            external_system=reader.external_system("OHIP_EXTERNAL_SYSTEM", required=Need.POLL in required),
+            stream_delta=reader.boolean("OHIP_STREAM_DELTA", default=False),
+            hotel_code=reader.hotel_code("OHIP_HOTEL_CODE"),
             secret_arn=secret_arn,
             queue_url=reader.url("RELAY_QUEUE_URL", required=Need.AWS in required, https_only=False),
             table_name=reader.pattern(
@@ -160,6 +183,8 @@ class Settings:
             ),
             enrich_routes=reader.text("OHIP_ENRICH_ROUTES"),
             enrich_concurrency=reader.integer("RELAY_ENRICH_CONCURRENCY", default=4, low=1, high=32),
+            log_format=log_format_from_env(env),
+            metrics_output=reader.choice("RELAY_METRICS", MetricsOutput, MetricsOutput.AUTO),
         )
         if settings.health_stale_seconds < 2 * settings.heartbeat_seconds:
             # A heartbeat written every N s is up to N s old in normal operation: a stale threshold
@@ -175,7 +200,18 @@ class Settings:
         return settings
 
 
+def log_format_from_env(env: Mapping[str, str]) -> LogFormat:
+    """`RELAY_LOG_FORMAT`, validated (the command line reads it before any other setting)."""
+    return _Reader(env).choice("RELAY_LOG_FORMAT", LogFormat, LogFormat.TEXT)
+
+
 class _Reader:
+    """Reads named values from a mapping (the environment, or a command's flags) and validates them.
+
+    Every problem is a `ConfigError` that names the value (its key in the mapping) and says what is
+    expected; values read with `secret=True` are never echoed back. Public as `Reader`.
+    """
+
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
 
@@ -193,6 +229,32 @@ class _Reader:
         if value and not regex.fullmatch(value):
             raise ConfigError(f"{name}: expected {expected} (got {value!r})")
         return value
+
+    def chain_code(self, name: str, *, required: bool = False) -> str:
+        return self.pattern(name, _CHAIN_CODE, _CHAIN_CODE_EXPECTED, required=required)
+
+    def external_system(self, name: str, *, required: bool = False) -> str:
+        return self.pattern(name, _EXTERNAL_SYSTEM, _EXTERNAL_SYSTEM_EXPECTED, required=required)
+
+    def hotel_code(self, name: str) -> str:
+        """A subscription's `hotelCode` filter, checked by the protocol core's own rule."""
+        value = self.text(name)
+        if value:
+            from .protocol import SubscriptionInput  # here: most commands never set it
+
+            try:
+                SubscriptionInput("X", hotel_code=value)
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc} (got {value!r})") from None
+        return value
+
+    def boolean(self, name: str, *, default: bool) -> bool:
+        value = self.text(name).lower()
+        if not value:
+            return default
+        if value not in ("true", "false"):
+            raise ConfigError(f"{name}: expected true or false (got {value!r})")
+        return value == "true"
 
     def number(self, name: str, *, default: float, low: float, high: float) -> float:
         raw = self.text(name)
@@ -269,3 +331,7 @@ class _Reader:
         if len(set(ids)) != len(ids):
             raise ConfigError(f"{name}: lists a hotel twice (got {raw!r})")
         return ids
+
+
+#: The validating reader, for other modules that check values by the same rules (the chain registry).
+Reader = _Reader

@@ -217,10 +217,8 @@ def explain_config(error: ConfigError | None, settings: Settings | None = None) 
     if error is not None:
         message = str(error)
         variable = message.split(":", 1)[0].strip()
-        step = _CONFIG_NEXT.get(variable, "fix the variable named above (README, Configuration)")
-        return _fail(
-            "configuration", message, step + "; the README's Configuration table lists every variable"
-        )
+        step = _CONFIG_NEXT.get(variable, "fix the variable named above (docs/configuration.md)")
+        return _fail("configuration", message, step + "; docs/configuration.md lists every variable")
     assert settings is not None
     hotels = ",".join(settings.hotel_ids) or "all hotels of the external system"
     source = "Secrets Manager" if settings.secret_arn else "the environment"
@@ -736,7 +734,8 @@ def explain_aws(name: str, resource_id: str, exc: BaseException | None) -> Check
         return _fail(
             name,
             f"cannot call AWS for the {resource} {resource_id} ({code}: {exc})",
-            "check the AWS credentials (AWS_PROFILE, aws sso login), AWS_REGION and the network path to AWS",
+            "check the AWS credentials (AWS_PROFILE, aws sso login), AWS_REGION and the network path to AWS; "
+            "for the local stack, AWS_ENDPOINT_URL and the other exports `ohip-relay local aws` printed",
         )
     return _fail(
         name,
@@ -788,13 +787,15 @@ class DoctorReport:
             Status.NOT_RUN: "not run",
         }
         lines: list[str] = []
+        said: set[str] = set()  # a next step shared by several skipped checks is printed once
         for r in self.results:
             status = r.status
             if status is Status.NOT_RUN:
                 lines.append(f"  {marks[status]:<8} {TITLES[r.name]}")
                 continue
             lines.append(f"  {marks[status]:<8} {TITLES[r.name]}: {r.detail}")
-            if r.next_step:  # failures and skips; an ok with a next step is something to report
+            if r.next_step and r.next_step not in said:  # failures and skips; an ok with one: a report
+                said.add(r.next_step)
                 lines.append(f"  {'':<8} next step: {r.next_step}")
         failed = self.failed
         if failed is None:

@@ -139,19 +139,20 @@ class TickReport:
     spills_pending: int = 0
     ended: str = ""  # why polling ended: empty, time, poll-error, sqs-error, ...
     errors: list[str] = field(default_factory=list)
+    never_seen: bool = False  # no heartbeat and no earlier tick for this chain in the table
 
     def summary(self) -> str:
         health = "healthy" if self.healthy else "unhealthy"
         mode = "active" if self.active else "inactive"
         change = " (started)" if self.started else " (stopped)" if self.stopped else ""
         text = (
-            f"stream {health} ({self.reason}); fallback {mode}{change}; pages {self.pages}, "
+            f"stream {health} ({self.reason or 'not judged'}); fallback {mode}{change}; pages {self.pages}, "
             f"fetched {self.fetched}, published {self.published}, discarded {self.discarded}, "
             f"duplicates {self.duplicates}, malformed {self.malformed}, spilled {self.spilled}, "
             f"redelivered {self.redelivered}; ended: {self.ended or '-'}"
         )
         if self.errors:
-            text += f"; errors: {'; '.join(self.errors)}"
+            text += f"; errors {len(self.errors)} (each logged when it happened)"
         return text
 
     def counters(self) -> dict[str, int]:
@@ -568,13 +569,15 @@ class PollFallback:
         report = TickReport()
         now = self.clock()
         try:
-            decision = decide(self.state.get_fallback(), self.state.get_heartbeat(), now, self.thresholds)
+            record, heartbeat = self.state.get_fallback(), self.state.get_heartbeat()
+            decision = decide(record, heartbeat, now, self.thresholds)
         except StateStoreError as exc:
             # Without the heartbeat there is no verdict; the stream needs the same table, so the
             # likeliest cause is ours. Poll nothing: OHIP keeps the events queued.
             self._error(report, f"state table unreadable ({exc.code})")
             report.ended = "state-error"
             return report
+        report.never_seen = record is None and heartbeat is None
         self._note_decision(report, decision)
         self._save(decision.record, report, now, counters=False)
         try:
@@ -587,7 +590,6 @@ class PollFallback:
             report.ended = stop.ended
         finally:
             self._save(decision.record, report, self.clock(), counters=True)
-        log.info("poll tick: %s", report.summary())
         return report
 
     def _note_decision(self, report: TickReport, decision: FallbackDecision) -> None:
@@ -698,7 +700,10 @@ class PollFallback:
                 else:
                     report.discarded += len(items)
                     log.info(
-                        "stream healthy: discarded %d polled events (delivered by the stream)", len(items)
+                        "discarded %d polled events: the stream is judged healthy (%s) and delivers them "
+                        "itself, live or by replay from its checkpoint",
+                        len(items),
+                        report.reason,
                     )
         report.ended = "empty"
 

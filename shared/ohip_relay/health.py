@@ -4,7 +4,8 @@ The stream consumer writes a heartbeat every few seconds (`state.Heartbeat`); th
 it once per tick and decides with `decide()`:
 
 * the stream is **unhealthy** when its heartbeat is missing, older than `stale_seconds`, says `failed` (the
-  consumer ended on an error) or `regressed` (it stopped streaming because OHIP's offsets went backwards),
+  consumer ended on an error), `regressed` (it stopped streaming because OHIP's offsets went backwards)
+  or `auth-failed` (OHIP refuses its credentials),
   or its state has not been `connected` for longer than `grace_seconds`. "Since when" comes from the
   heartbeat's `last_frame_at` (the last sign of life on a connection) and from the fallback's own record of
   the first tick that saw the stream not connected, whichever is earlier;
@@ -19,7 +20,7 @@ from dataclasses import dataclass, replace
 
 from .state import FallbackRecord, Heartbeat, StreamState
 
-_UNHEALTHY_AT_ONCE = frozenset({StreamState.FAILED, StreamState.REGRESSED})
+_UNHEALTHY_AT_ONCE = frozenset({StreamState.FAILED, StreamState.REGRESSED, StreamState.AUTH_FAILED})
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ Item layout (DynamoDB types in brackets; times are epoch seconds with millisecon
 
 ``heartbeat#<chain>``
     ``state`` [S]       standby | connecting | connected | backoff | draining | stopped | failed |
-                        regressed (`StreamState`)
+                        regressed | auth-failed (`StreamState`)
     ``owner`` [S]       the consumer that wrote it.
     ``updatedAt`` [N]   when it was written; a heartbeat older than a few intervals means the
                         consumer is gone, whatever `state` says.
@@ -121,6 +121,16 @@ class StreamState(StrEnum):
     STOPPED = "stopped"  # a planned stop (SIGTERM): a successor is expected within the grace period
     FAILED = "failed"  # the consumer ended on an error: unhealthy at once
     REGRESSED = "regressed"  # OHIP's offsets went backwards: streaming stopped until they move on
+    AUTH_FAILED = "auth-failed"  # OHIP refused the credentials: retried on a slow schedule, unhealthy
+
+
+def describe_checkpoint(offset: int | None) -> str:
+    """A checkpoint as a person reads it: never "None", and -1 said in words."""
+    if offset is None:
+        return "none yet"
+    if offset == CHECKPOINT_MIN:
+        return "before offset 0"
+    return str(offset)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -62,9 +62,9 @@ from websockets.typing import Subprotocol
 
 from . import protocol as proto
 from .auth import AsyncTokenProvider, AuthError, OAuthParams, Token
-from .backoff import Backoff, CloseKind, CloseOutcome, classify_close
+from .backoff import AUTH_RETRY_CAP, Backoff, CloseKind, CloseOutcome, auth_retry_floor, classify_close
 from .config import Settings, SqsTransport, StartPosition
-from .errors import StartupError
+from .errors import StartupError, one_line
 from .events import CanonicalEvent, MalformedEvent, from_stream
 from .park import park_frame
 from .publish import (
@@ -77,7 +77,7 @@ from .publish import (
 )
 from .seen import SeenSet
 from .sqs_http import SqsHttpTransport
-from .state import Heartbeat, StateStore, StateStoreError, StreamState
+from .state import Heartbeat, StateStore, StateStoreError, StreamState, describe_checkpoint
 from .telemetry import Metric, Telemetry
 from .watermark import OffsetWatermark
 
@@ -218,6 +218,9 @@ class StreamConsumer:
         self._parks: set[asyncio.Task[None]] = set()
         self.parked = 0
         self.regressed = False  # offsets went backwards; cleared by the next event above the mark
+        self.auth_refusals = 0  # the token endpoint refused the credentials this many times in a row
+        self.auth_refused_status: int | None = None
+        self._token_problem = ""  # why the last token request failed (transiently), for the log
 
     # -- public -----------------------------------------------------------------------------
 
@@ -322,7 +325,10 @@ class StreamConsumer:
             # (which the poll fallback reads as a deployment within its grace period).
             if not self.exit_status:
                 self.exit_status = 1
-            log.exception("the stream consumer failed")
+            # What failed is said once, by whoever ends the process (the command line: one line with
+            # the next step); here only that the consumer stops, and the traceback at debug level.
+            log.error("the stream consumer stops on an error; its heartbeat will say failed")
+            log.debug("the error in full", exc_info=True)
             raise
         finally:
             for task in background:
@@ -352,9 +358,11 @@ class StreamConsumer:
                 return
             if outcome.expected:
                 # A planned rotation (new token): the gap after `complete` is waited above.
-                log.info("connection rotated at checkpoint %s", self.checkpointed)
+                log.info("connection rotated at checkpoint %s", describe_checkpoint(self.checkpointed))
                 continue
-            self.telemetry.count(Metric.RECONNECTS, close_code=str(outcome.code))
+            self.telemetry.count(
+                Metric.RECONNECTS, close_code="none" if outcome.code is None else str(outcome.code)
+            )
             if outcome.renew_token:
                 self.tokens.invalidate()
             if self.regressed:
@@ -366,19 +374,34 @@ class StreamConsumer:
                     "the poll fallback carries the events meanwhile (docs/runbook.md, offset regression)",
                     self.options.regression_retry,
                     self.watermark.last_tracked,
-                    self.checkpointed,
+                    describe_checkpoint(self.checkpointed),
                 )
                 await self._sleep(self.options.regression_retry)
                 continue
             delay = backoff.next_delay(outcome, healthy_for=healthy_for)
             self.next_delay = delay
+            if self.auth_refusals:
+                # Said once, when the refusals began (`_one_connection`); the heartbeat says it on.
+                self.status = StreamState.AUTH_FAILED
+                self._beat()
+                log.debug(
+                    "credentials refused %d times in a row; next try in %.0fs", self.auth_refusals, delay
+                )
+                await self._sleep(delay)
+                continue
+            if self._token_problem:
+                log.warning("%s; trying again in %.1fs", self._token_problem, delay)
+                self._token_problem = ""
+                self.status = StreamState.BACKOFF
+                await self._sleep(delay)
+                continue
             report = log.error if outcome.alarm else log.warning
             report(
                 "stream closed (code %s: %s%s); checkpoint %s; reconnecting in %.1fs",
                 outcome.code,
                 outcome.reason,
                 f"; server said {outcome.peer_reason!r}" if outcome.peer_reason else "",
-                self.checkpointed,
+                describe_checkpoint(self.checkpointed),
                 delay,
             )
             self.status = StreamState.BACKOFF
@@ -388,8 +411,23 @@ class StreamConsumer:
         try:
             token = await self.tokens.get()
         except AuthError as exc:
-            log.error("cannot get an OAuth token: %s", exc)
-            return CloseOutcome.for_auth_failure(permanent=exc.permanent), None
+            if not exc.permanent:
+                self._credentials_accepted()
+                self._token_problem = str(exc)
+                return CloseOutcome.for_auth_failure(permanent=False), None
+            self.auth_refusals += 1
+            self.auth_refused_status = exc.status
+            if self.auth_refusals == 1:
+                log.error(
+                    "%s; the stream stays off (heartbeat state auth-failed, so the poll fallback takes "
+                    "over if its credentials work) and asks again in %.0fs, doubling up to every %.0fs",
+                    exc,
+                    auth_retry_floor(1),
+                    AUTH_RETRY_CAP,
+                )
+            self.telemetry.count(Metric.AUTH_REFUSALS)
+            return CloseOutcome.for_auth_failure(permanent=True, refusals=self.auth_refusals), None
+        self._credentials_accepted()
         core = proto.StreamProtocol(
             token=token.access_token,
             app_key=self.settings.app_key,
@@ -426,6 +464,12 @@ class StreamConsumer:
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             log.warning("cannot connect to the streaming endpoint: %s", type(exc).__name__)
             return classify_close(None, "connect failed"), None
+
+    def _credentials_accepted(self) -> None:
+        if self.auth_refusals:
+            log.info("OHIP accepts the credentials again (after %d refusals)", self.auth_refusals)
+        self.auth_refusals = 0
+        self.auth_refused_status = None
 
     def _rotation_due(self, token: Token) -> float:
         """Loop time at which this connection is rotated because its token is about to expire.
@@ -563,24 +607,28 @@ class StreamConsumer:
 
     def _subscribe(self, core: proto.StreamProtocol, now: float) -> None:
         chain = self.settings.chain_code
+        # The subscription's own options (OHIP_HOTEL_CODE, OHIP_STREAM_DELTA), whatever the start.
+        subscription = proto.SubscriptionInput(
+            chain, hotel_code=self.settings.hotel_code or None, delta=self.settings.stream_delta
+        )
         # Resume after the last event handed to the publisher, acknowledged or not: the publisher
         # owns those until SQS acknowledges them (it retries for ever), and the stored checkpoint
         # only ever covers acknowledged ones, so a crash still replays them. Waiting for the
         # acknowledgements before reconnecting would only add latency.
         resume_after = self.watermark.last_tracked
         if resume_after is not None:
-            core.send_subscribe(proto.SubscriptionInput(chain), now, resume_after=resume_after)
+            core.send_subscribe(subscription, now, resume_after=resume_after)
             log.info(
                 "subscribed to chain %s from offset %s (inclusive, already handled; checkpoint %s)",
                 chain,
                 resume_after,
-                self.checkpointed,
+                describe_checkpoint(self.checkpointed),
             )
         elif self.settings.start_position is StartPosition.EARLIEST:
-            core.send_subscribe(proto.SubscriptionInput(chain, offset="0"), now)
+            core.send_subscribe(replace(subscription, offset="0"), now)
             log.info("no checkpoint: subscribed to chain %s from the oldest retained event", chain)
         else:
-            core.send_subscribe(proto.SubscriptionInput(chain, offset_type="highest"), now)
+            core.send_subscribe(replace(subscription, offset_type="highest"), now)
             log.info(
                 "no checkpoint: subscribed to chain %s from the newest event (offsetType highest)", chain
             )
@@ -922,8 +970,14 @@ class StreamConsumer:
                 await action()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("%s failed; trying again in %.0fs", action.__name__.strip("_"), interval)
+            except Exception as exc:
+                log.warning(
+                    "%s failed (%s); trying again in %.0fs",
+                    action.__name__.strip("_").replace("_", " "),
+                    one_line(exc),
+                    interval,
+                )
+                log.debug("the failure in full", exc_info=True)
             await asyncio.sleep(interval)
 
     async def _write_checkpoint(self) -> None:
@@ -955,10 +1009,19 @@ class StreamConsumer:
         await self._blocking(self.state.put_heartbeat, heartbeat)
 
     def _detail(self) -> str | None:
+        if self.status is StreamState.AUTH_FAILED:
+            status = f"HTTP {self.auth_refused_status}" if self.auth_refused_status else "refused"
+            text = f"OHIP refused the credentials ({status}) {self.auth_refusals} times in a row"
+            if self.next_delay is not None:
+                text += f"; next try within {self.next_delay:.0f}s"
+            return text
         outcome = self.last_outcome
         if outcome is None:
             return None
-        text = f"last close {outcome.code}: {outcome.reason}"
+        if outcome.code is None:  # no connection was made (the token request, say)
+            text = f"last attempt: {outcome.reason}"
+        else:
+            text = f"last close {outcome.code}: {outcome.reason}"
         if self.status is StreamState.BACKOFF and self.next_delay is not None:
             text += f"; reconnecting within {self.next_delay:.0f}s"
         return text
@@ -974,8 +1037,14 @@ class StreamConsumer:
         self.telemetry.flush()
 
     async def _refresh_token(self) -> None:
-        """Renew the OAuth token ahead of its expiry, so a reconnect never waits for one."""
-        await self.tokens.get()
+        """Renew the OAuth token ahead of its expiry, so a reconnect never waits for one. While the
+        credentials are refused the connection loop alone asks, on its slow schedule."""
+        if self.auth_refusals:
+            return
+        try:
+            await self.tokens.get()
+        except AuthError as exc:
+            log.debug("token refresh ahead of expiry failed: %s", exc)  # the connection loop reports
 
     # -- shutdown ---------------------------------------------------------------------------
 
@@ -993,7 +1062,7 @@ class StreamConsumer:
                 "checkpoint %s by the next start",
                 self.publisher.buffered,
                 within or 0.0,
-                self.checkpointed,
+                describe_checkpoint(self.checkpointed),
             )
         except Exception:
             log.exception("flushing the publisher failed; unacknowledged events will be replayed")
@@ -1006,7 +1075,10 @@ class StreamConsumer:
         try:
             await self._write_checkpoint()
         except Exception:
-            log.exception("final checkpoint write failed; the next start replays from %s", self.checkpointed)
+            log.exception(
+                "final checkpoint write failed; the next start replays from %s",
+                describe_checkpoint(self.checkpointed),
+            )
         self.status = StreamState.FAILED if self.exit_status else StreamState.STOPPED
         with contextlib.suppress(Exception):
             await self._write_heartbeat()
@@ -1017,7 +1089,7 @@ class StreamConsumer:
         with contextlib.suppress(Exception):
             await self._flush_metrics()
         self._log_suppressed()
-        log.info("stopped at checkpoint %s", self.checkpointed)
+        log.info("stopped at checkpoint %s", describe_checkpoint(self.checkpointed))
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -1117,7 +1189,7 @@ async def open_consumer(
             publisher=publisher,
             state=StateStore(dynamodb, settings.table_name, settings.chain_code),
             tokens=AsyncTokenProvider(OAuthParams.from_settings(settings), http, clock=time.time),
-            telemetry=Telemetry(service="stream"),
+            telemetry=Telemetry(service="stream", emit=settings.emit_metrics),
             options=opts,
             owner=owner,
             seen=SeenSet(dynamodb, settings.table_name, ttl_days=settings.seen_ttl_days),

@@ -33,6 +33,7 @@ class Metric(StrEnum):
     CLAIM_CHECKS = "ClaimChecks"
     OFFSET_REGRESSIONS = "OffsetRegressions"  # OHIP's offsets went backwards: streaming stopped
     LOOKALIKE_MATCHES = "LookalikeMatches"  # a suppression under a content key shared by several events
+    AUTH_REFUSALS = "AuthRefusals"  # the OHIP token endpoint refused the credentials (HTTP 400/401/403)
     # poll fallback
     STREAM_HEALTHY = "StreamHealthy"  # 1 healthy, 0 unhealthy, as the fallback judged it
     FALLBACK_ACTIVE = "FallbackActive"  # 1 while the fallback drains the Poll API
@@ -64,8 +65,18 @@ _UNITS: dict[Metric, MetricUnit] = {
 class Telemetry:
     """Counters and gauges aggregated in memory, written as EMF on `flush()`. Thread-safe."""
 
-    def __init__(self, service: str, *, namespace: str = NAMESPACE, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        service: str,
+        *,
+        namespace: str = NAMESPACE,
+        metrics: Metrics | None = None,
+        emit: bool = True,
+    ) -> None:
+        """`emit=False`: `flush()` only resets the counters (a terminal run; see
+        `config.MetricsOutput`)."""
         self._metrics = metrics or Metrics(namespace=namespace, service=service)
+        self._emit = emit
         self._namespace = namespace
         self._service = service
         self._lock = threading.Lock()
@@ -96,7 +107,7 @@ class Telemetry:
             counts, self._counts = self._counts, defaultdict(float)
             gauges, self._gauges = self._gauges, {}
             samples, self._samples = self._samples, defaultdict(list)
-        if not (counts or gauges or samples):
+        if not (counts or gauges or samples) or not self._emit:
             return
         totals: defaultdict[Metric, float] = defaultdict(float)
         for (metric, _code), value in counts.items():

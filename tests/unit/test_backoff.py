@@ -7,10 +7,13 @@ import random
 import pytest
 
 from ohip_relay.backoff import (
+    AUTH_RETRY_CAP,
+    AUTH_RETRY_FIRST,
     CONFLICT_LOCKOUT,
     Backoff,
     CloseKind,
     CloseOutcome,
+    auth_retry_floor,
     classify_close,
     classify_handshake_status,
     full_jitter,
@@ -117,8 +120,16 @@ def test_token_endpoint_failures_are_permanent_only_when_told() -> None:
     permanent = CloseOutcome.for_auth_failure(permanent=True)
     assert permanent.permanent
     assert permanent.alarm
-    assert permanent.min_delay >= 300.0
+    assert permanent.min_delay == AUTH_RETRY_FIRST
     assert CloseOutcome.for_auth_failure(permanent=False).kind is CloseKind.TRANSIENT
+
+
+def test_refused_credentials_are_retried_on_a_doubling_schedule_with_a_cap() -> None:
+    floors = [CloseOutcome.for_auth_failure(permanent=True, refusals=n).min_delay for n in range(1, 8)]
+    assert floors == [30.0, 60.0, 120.0, 240.0, 300.0, 300.0, 300.0]
+    assert auth_retry_floor(10_000) == AUTH_RETRY_CAP
+    with pytest.raises(ValueError, match="from 1"):
+        auth_retry_floor(0)
 
 
 # -- backoff ------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ def test_config_error_names_the_variable_and_the_portal_step() -> None:
     assert result.status is Status.FAILED
     assert result.detail == "OHIP_APP_KEY: missing"
     assert "Applications tab" in result.next_step
-    assert "Configuration table" in result.next_step
+    assert "docs/configuration.md" in result.next_step
 
 
 def test_config_error_for_an_unknown_variable_still_has_a_step() -> None:
@@ -493,3 +493,21 @@ def test_report_text_and_json() -> None:
     assert data["failed"] == "poll_api"
     assert [c["status"] for c in data["checks"]][-4:] == ["failed", "not_run", "not_run", "not_run"]
     json.dumps(data)  # serialisable as is
+
+
+def test_a_next_step_shared_by_several_skipped_checks_is_printed_once() -> None:
+    step = "stop the relay, wait for the lease to lapse, run ohip-relay doctor again"
+    results = tuple(
+        CheckResult(name, True, "skipped: a relay holds the lease", step, skipped=True)
+        if name in STREAM_CHECKS
+        else CheckResult(name, True, "fine")
+        for name in CHECKS
+    )
+    text = DoctorReport(results).to_text()
+    assert text.count(step) == 1, text
+    assert sum(1 for line in text.splitlines() if line.startswith("  skipped")) == len(STREAM_CHECKS)
+
+
+def test_the_aws_next_step_names_the_local_endpoint_variable() -> None:
+    result = explain_aws("aws_queue", "q", EndpointConnectionError(endpoint_url="x"))
+    assert "AWS_ENDPOINT_URL" in result.next_step

@@ -32,6 +32,7 @@ REQUIRED_ALARMS: dict[str, tuple[str, str, dict[str, str]]] = {
     "ParkedEventsAlarm": (NAMESPACE, "MalformedEvents", {"service": "stream"}),
     "OffsetRegressionAlarm": (NAMESPACE, "OffsetRegressions", {"service": "stream"}),
     "LookalikeMatchesAlarm": (NAMESPACE, "LookalikeMatches", {"service": "stream"}),
+    "AuthRefusedAlarm": (NAMESPACE, "AuthRefusals", {"service": "stream"}),
     "PollFunctionErrorsAlarm": ("AWS/Lambda", "Errors", {}),
     "NoRunningTaskAlarm": ("ECS/ContainerInsights", "RunningTaskCount", {}),
 }

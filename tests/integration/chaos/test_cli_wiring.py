@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ohip_local import chaos
-from ohip_relay.cli import CommandError, build_parser
+from ohip_local.cli import LocalCommandError as CommandError
+from ohip_relay.cli import build_parser
 
 
 def test_the_chaos_command_takes_the_make_target_arguments() -> None:

@@ -126,7 +126,12 @@ def test_bad_configuration_exits_2(
 
 @pytest.mark.usefixtures("_restore_logging")
 def test_timeout_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["doctor", "--timeout", "0"]) == 2
-    assert capsys.readouterr().err.strip() == (
-        "ohip-relay: doctor: --timeout must be a positive number of seconds, not 0"
-    )
+    for bad in ("0", "-1", "nan", "inf"):
+        with pytest.raises(SystemExit) as stopped:
+            main(["doctor", "--timeout", bad])
+        assert stopped.value.code == 2
+        assert (
+            capsys.readouterr()
+            .err.strip()
+            .endswith(f"argument --timeout: expected a number of seconds from 0.1 to 300 (got {bad!r})")
+        )

@@ -1,0 +1,137 @@
+"""`ohip-relay local ...`: the local stack's commands, registered as a plugin of the product's CLI.
+
+The product package never imports the local stack: `ohip_relay.cli` finds this module through the
+`ohip_relay.commands` entry point group (see pyproject.toml) and calls `add_local_parser`. Without
+the `[local]` extra installed, `ohip-relay local` simply does not exist. The handlers import their
+parts lazily, so that every `ohip-relay` command starts as fast as before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from ohip_relay.errors import StartupError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+class LocalCommandError(StartupError):
+    """A `local` command cannot go on; the message is the one line the user sees."""
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from .gateway import GatewayConfig, serve_forever
+
+    config = GatewayConfig(
+        host=args.host,
+        port=args.port,
+        control_port=args.control_port,
+        token_lifetime=args.token_lifetime,
+        seed=args.seed,
+    )
+    asyncio.run(serve_forever(config))
+    return EXIT_OK
+
+
+def _aws(args: argparse.Namespace) -> int:
+    from .stack import serve_aws_forever
+
+    serve_aws_forever(host=args.host, port=args.port, stack_name=args.stack_name)
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    if args.events < 1:
+        raise LocalCommandError(f"local demo: --events must be at least 1, not {args.events}")
+    status: int = run_demo(events=args.events, rate=args.rate, seed=args.seed, verbose=args.verbose)
+    return status
+
+
+def _chaos(args: argparse.Namespace) -> int:
+    from .chaos import run_chaos
+
+    if args.schedules < 1:
+        raise LocalCommandError("local chaos: --schedules must be at least 1")
+    if args.jobs < 1:
+        raise LocalCommandError("local chaos: --jobs must be at least 1")
+    out = Path(args.out) if args.out else None
+    results = run_chaos(
+        schedules=args.schedules,
+        seed=args.seed,
+        short=args.short,
+        verbose=args.verbose,
+        out=out,
+        minutes=args.minutes,
+        jobs=args.jobs,
+    )
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, not {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, not {value}")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, not {text!r}")
+    return value
+
+
+def add_local_parser(commands: Any) -> None:
+    """Add `local` and its parts to the `ohip-relay` sub-command parsers (`commands`)."""
+    local = commands.add_parser("local", help="the local stack: OHIP gateway and AWS endpoint")
+    parts = local.add_subparsers(dest="local_command", required=True, metavar="PART")
+
+    gateway = parts.add_parser("gateway", help="run the local OHIP gateway until Ctrl-C")
+    gateway.add_argument("--host", default="127.0.0.1")
+    gateway.add_argument(
+        "--port", type=_port, default=8700, help="OAuth, streaming and Poll API (default 8700)"
+    )
+    gateway.add_argument("--control-port", type=_port, default=8701, help="control interface (default 8701)")
+    gateway.add_argument("--token-lifetime", type=_positive, default=3600.0, help="seconds (default 3600)")
+    gateway.add_argument("--seed", type=int, default=1, help="event generator seed (default 1)")
+    gateway.set_defaults(handler=_gateway)
+
+    aws = parts.add_parser("aws", help="run moto server with the template's resources until Ctrl-C")
+    aws.add_argument("--host", default="127.0.0.1")
+    aws.add_argument("--port", type=_port, default=8702, help="default 8702")
+    aws.add_argument("--stack-name", default="ohip-relay-local")
+    aws.set_defaults(handler=_aws)
+
+    demo = parts.add_parser("demo", help="the `make run` scenario: the whole pipeline on the local stack")
+    demo.add_argument("--events", type=int, default=300, help="events to emit (default 300)")
+    demo.add_argument("--rate", type=_positive, default=100.0, help="events per second (default 100)")
+    demo.add_argument("--seed", type=int, default=1)
+    demo.set_defaults(handler=_demo)
+
+    chaos = parts.add_parser(
+        "chaos", help="the `make chaos` suite: seeded fault schedules, delivery invariants checked"
+    )
+    chaos.add_argument("--schedules", type=int, default=20, help="how many schedules (default 20)")
+    chaos.add_argument("--seed", type=int, default=1, help="the first schedule's seed (default 1)")
+    chaos.add_argument("--short", action="store_true", help="the CI cut: fewer steps, smaller bursts")
+    chaos.add_argument("--out", help="append one JSON line per schedule to this file")
+    chaos.add_argument("--minutes", type=_positive, help="start no schedule after this many minutes")
+    chaos.add_argument(
+        "--jobs", type=int, default=1, help="schedules run at once, each with its own local stack (default 1)"
+    )
+    chaos.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="each step, the relay's log"
+    )
+    chaos.set_defaults(handler=_chaos)
