@@ -273,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.set_defaults(handler=_doctor)
 
+    from .chains_cli import add_chains_parser
+
+    add_chains_parser(commands)
+
     for register in _plugins():
         register(commands)
     return parser
