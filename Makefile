@@ -28,7 +28,7 @@ run: $(STAMP) ## run the whole pipeline on the local stack (local OHIP gateway +
 test: $(STAMP) ## run the test suite (unit + integration over real sockets)
 	@$(BIN)/python -m pytest -q
 
-# The chaos suite (README "Chaos suite"): CHAOS_SCHEDULES seeded fault schedules from CHAOS_SEED.
+# The chaos suite (docs/chaos.md): CHAOS_SCHEDULES seeded fault schedules from CHAOS_SEED.
 CHAOS_SCHEDULES ?= 20
 CHAOS_SEED ?= 1
 CHAOS_JOBS ?= 1
@@ -36,7 +36,7 @@ CHAOS_JOBS ?= 1
 chaos: $(STAMP) ## seeded fault schedules against the local stack; invariants checked (CHAOS_SCHEDULES, CHAOS_SEED, CHAOS_JOBS)
 	@$(BIN)/ohip-relay local chaos --schedules $(CHAOS_SCHEDULES) --seed $(CHAOS_SEED) --jobs $(CHAOS_JOBS)
 
-# The benchmark (README "Benchmarks"): its own pins (chart, profiler) go into .venv beside the project's.
+# The benchmark (docs/benchmarks.md): its own pins (chart, profiler) go into .venv beside the project's.
 # BENCH_SCALE=0.2 for a quicker run; BENCH_PROFILE=1 samples the relay with py-spy.
 BENCH_STAMP := $(VENV)/.installed-bench
 $(BENCH_STAMP): $(STAMP) bench/requirements.txt
@@ -104,7 +104,7 @@ build: $(LINT_STAMP) ## sam build: the poll Lambda, the example consumer and the
 	  || { echo "sam build needs python3.12 on PATH (the Lambda runtime); e.g. 'pyenv install 3.12'" >&2; exit 1; }
 	@PATH="$(SAM_BUILD_PATH)" $(SAM) build --template template.yaml
 
-deploy: build ## push the stream consumer image to ECR, then sam deploy (AWS credentials, Docker; README "Deploy")
+deploy: build ## push the stream consumer image to ECR, then sam deploy (AWS credentials, Docker; docs/deploy.md)
 	@command -v docker >/dev/null || { echo "deploy needs Docker (buildx) to build the container image" >&2; exit 1; }
 	@command -v aws >/dev/null || { echo "deploy needs the AWS CLI to reach ECR" >&2; exit 1; }
 	@set -euo pipefail; tag=$(IMAGE_TAG); \
