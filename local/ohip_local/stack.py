@@ -50,6 +50,7 @@ def environment_for(stack: ProvisionedStack, *, role: str | None) -> dict[str, s
     return {
         "AWS_ENDPOINT_URL": stack.endpoint_url,
         "AWS_REGION": stack.region,
+        "AWS_DEFAULT_REGION": stack.region,  # what plain boto3 reads (a consumer script, say)
         **credentials,
         "RELAY_QUEUE_URL": stack.queue_url,
         "RELAY_TABLE_NAME": stack.table_name,

@@ -721,8 +721,9 @@ def explain_aws(name: str, resource_id: str, exc: BaseException | None) -> Check
         return _fail(
             name,
             f"access to the {resource} {resource_id} was denied ({code})",
-            f"the relay's roles in template.yaml grant {permission}; run doctor with credentials that have "
-            "them (or the relay's role)",
+            f"run doctor under the stack's OperatorRole (output OperatorRoleArn; docs/permissions.md), which "
+            f"may read it, and check {variable}: the roles cover the stack's own {resource} only (the relay "
+            f"uses {permission})",
         )
     if name == "aws_table" and code == "ValidationException":
         return _fail(

@@ -429,6 +429,7 @@ def test_aws_denied_names_the_permission() -> None:
     result = explain_aws("aws_queue", "q", client_error("AccessDenied"))
     assert result.status is Status.FAILED
     assert "sqs:SendMessage" in result.next_step
+    assert "OperatorRole" in result.next_step
 
 
 def test_bucket_denied_head_is_not_a_failure() -> None:
