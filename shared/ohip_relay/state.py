@@ -552,21 +552,30 @@ class StateStore:
         return True
 
     def _error(self, operation: str, exc: ClientError | BotoCoreError) -> StateStoreError:
-        if isinstance(exc, ClientError):
-            code = _code(exc)
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-            retryable = code in _RETRYABLE_CODES or status >= 500
-            detail = f"{code}: {exc.response.get('Error', {}).get('Message', '')}".rstrip(": ")
-        else:
-            code = type(exc).__name__
-            retryable = True  # connection-level: the endpoint may come back
-            detail = code
-        return StateStoreError(
-            f"DynamoDB {operation} on table {self._table} failed ({detail})",
-            operation=operation,
-            code=code,
-            retryable=retryable,
-        )
+        return store_error(operation, self._table, exc)
+
+
+def store_error(
+    operation: str, table: str, exc: ClientError | BotoCoreError, *, subject: str = ""
+) -> StateStoreError:
+    """The `StateStoreError` for a failed DynamoDB call: one line naming the operation, the table
+    and, if given, what it was about (`subject`, e.g. "chain 'C1'"), with the error code."""
+    if isinstance(exc, ClientError):
+        code = _code(exc)
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        retryable = code in _RETRYABLE_CODES or status >= 500
+        detail = f"{code}: {exc.response.get('Error', {}).get('Message', '')}".rstrip(": ")
+    else:
+        code = type(exc).__name__
+        retryable = True  # connection-level: the endpoint may come back
+        detail = code
+    which = f" for {subject}" if subject else ""
+    return StateStoreError(
+        f"DynamoDB {operation} on table {table}{which} failed ({detail})",
+        operation=operation,
+        code=code,
+        retryable=retryable,
+    )
 
 
 def _check_owner(owner: str) -> None:

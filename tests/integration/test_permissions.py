@@ -61,13 +61,16 @@ from ohip_local.eventsource import SqsEventSource
 from ohip_local.gateway import GatewayConfig, LocalGateway
 from ohip_local.iam import Denial, denials, journal_mark
 from ohip_local.stack import credentials_in_environment
+from ohip_relay.balance import ChainSummary, worker_items
 from ohip_relay.cli import main as cli_main
 from ohip_relay.config import Settings
 from ohip_relay.doctor import DoctorOptions, run_doctor
 from ohip_relay.events import CanonicalEvent, from_poll
 from ohip_relay.fallback import POLL_BOTO_CONFIG, SpillStore, SqsBatchSender
+from ohip_relay.fleet_state import FleetStore
 from ohip_relay.park import park_frame
 from ohip_relay.publish import PublisherConfig, PublishFailure, SqsPublisher, outbound_message
+from ohip_relay.registry import RegistryStore, Subscription, SubscriptionExists
 from ohip_relay.runtime import resolve_secrets
 from ohip_relay.seen import SeenSet
 from ohip_relay.sqs_http import SqsHttpTransport
@@ -82,6 +85,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.denials_expected]
 DOCS = REPO_ROOT / "docs" / "permissions.md"
 FUNCTIONS = REPO_ROOT / "functions"
 CHAIN = "PERMCHAIN"
+FLEET_CHAIN = "PERMFLEET"
 BIG = 1_100_000  # over the queue's MaximumMessageSize (1 MiB, the default): a claim check
 
 
@@ -364,6 +368,56 @@ def stream_parks(world: World) -> None:
     )
 
 
+def stream_fleet(world: World) -> None:
+    """The fleet's scheduler under the stream task's role (issue #18, docs/fleet-design.md; not
+    wired into `ohip-relay stream` yet, so its own calls, run here as the fleet task will run them):
+    the registry's revision and listing, its worker item and the fleet index, the lease view, takes,
+    the renewal batch, a handover request and its decline, a push and the release that keeps it, a
+    stop, and forgetting a silent worker."""
+    with contextlib.suppress(SubscriptionExists):  # `ohip-relay chains add`: the administrator here
+        RegistryStore(world.admin("dynamodb"), world.stack.table_name).add(
+            Subscription(
+                id=FLEET_CHAIN,
+                gateway_url="https://ohip.example.com",
+                chain_code=FLEET_CHAIN,
+                secret_arn=world.stack.secret_arn,
+            )
+        )
+    dynamodb = world.client(STREAM_ROLE, "dynamodb", STATE_BOTO_CONFIG)
+    registry = RegistryStore(dynamodb, world.stack.table_name)
+    registry.revision()
+    if FLEET_CHAIN not in {s.id for s in registry.list_all().subscriptions}:
+        raise ScenarioFailed("the registry did not list its entry")
+    fleet = FleetStore(dynamodb, world.stack.table_name)
+    me, other, now = f"task-{uuid.uuid4().hex[:8]}", f"task-{uuid.uuid4().hex[:8]}", time.time()
+    chains = [f"{FLEET_CHAIN}-{uuid.uuid4().hex[:6]}-{i}" for i in range(2)]
+    for worker in (me, other):
+        summaries = {chain: ChainSummary("connected", now) for chain in chains} if worker == me else {}
+        fleet.put_worker(worker_items(worker, now, summaries, started_at=now))
+        fleet.join(worker, now)
+    if not {me, other} <= set(fleet.read_workers()):
+        raise ScenarioFailed("the workers are not in the fleet")
+    view = fleet.read_leases(chains)
+    if any(fleet.acquire(chain, me, now, 30.0, view.get(chain)) is None for chain in chains):
+        raise ScenarioFailed("a free chain was not taken")
+    if not all(r.renewed for r in fleet.renew_many(chains, me, now + 1, 30.0).values()):
+        raise ScenarioFailed("a lease was not renewed")
+    # `other` asks for the first chain and is declined; the second is pushed to it and released.
+    if not fleet.request_handover(chains[0], me, other, now + 2, 120.0):
+        raise ScenarioFailed("the handover request did not land")
+    handover = (
+        fleet.decline(chains[0], me, other)
+        and fleet.push(chains[1], me, other, now + 3)
+        and fleet.release(chains[1], me, now + 4, now + 3.5, keep_handover=True)
+        and fleet.release(chains[0], me, now + 4, now + 3.5, keep_handover=False)
+    )
+    if not handover:
+        raise ScenarioFailed("a handover write did not land")
+    for worker in (other, me):
+        if not fleet.forget_worker(worker, now + 5, heartbeat_at=now):
+            raise ScenarioFailed(f"worker {worker} was not forgotten")
+
+
 def status(world: World, role: str) -> None:
     """`ohip-relay status --json`: the ECS health check (StreamTaskRole) or an operator."""
     now = time.time()  # a chain the relay has seen (the harness writes its heartbeat)
@@ -523,6 +577,7 @@ SCENARIOS: dict[str, Callable[[World], None]] = {
     "stream-keeps-state": stream_keeps_state,
     "stream-parks": stream_parks,
     "stream-health-check": partial(status, role=STREAM_ROLE),
+    "stream-fleet": stream_fleet,
     "stream-reads-secret": partial(reads_secret, role=STREAM_ROLE),
     "poll-publishes": poll_publishes,
     "poll-keeps-state": poll_keeps_state,
@@ -542,9 +597,11 @@ _Q, _T, _B, _S = "EventsQueue", "StateTable", "OversizeBucket", "OhipSecretArn"
 NEEDS: dict[tuple[str, str, str], tuple[str, ...]] = {
     (STREAM_ROLE, "sqs:SendMessage", _Q): ("stream-publishes",),
     (STREAM_ROLE, "sqs:GetQueueAttributes", _Q): ("stream-publishes",),
-    (STREAM_ROLE, "dynamodb:GetItem", _T): ("stream-keeps-state", "stream-health-check"),
-    (STREAM_ROLE, "dynamodb:PutItem", _T): ("stream-keeps-state",),
-    (STREAM_ROLE, "dynamodb:UpdateItem", _T): ("stream-keeps-state",),
+    (STREAM_ROLE, "dynamodb:GetItem", _T): ("stream-keeps-state", "stream-health-check", "stream-fleet"),
+    (STREAM_ROLE, "dynamodb:PutItem", _T): ("stream-keeps-state", "stream-fleet"),
+    (STREAM_ROLE, "dynamodb:UpdateItem", _T): ("stream-keeps-state", "stream-fleet"),
+    (STREAM_ROLE, "dynamodb:BatchGetItem", _T): ("stream-fleet",),
+    (STREAM_ROLE, "dynamodb:DeleteItem", _T): ("stream-fleet",),
     (STREAM_ROLE, "s3:PutObject", f"{_B}/oversize/*"): ("stream-publishes",),
     (STREAM_ROLE, "s3:PutObject", f"{_B}/malformed/*"): ("stream-parks",),
     (STREAM_ROLE, "secretsmanager:GetSecretValue", _S): ("stream-reads-secret",),
