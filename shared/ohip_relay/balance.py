@@ -50,7 +50,8 @@ Rules (a test each in tests/unit/test_balance.py):
 from W's successful acquire of lease#C until W's socket for C is closed. Then:
 
 1. A session starts only after a successful acquire, a conditional write decided by DynamoDB:
-   owner absent, or `leaseUntil <= now`, or owner = W (state.StateStore.acquire_lease). The core
+   owner absent, or `leaseUntil <= now`, or owner = W, and the version the pass saw
+   (fleet_state.FleetStore.acquire; the single-chain StateStore.acquire_lease without it). The core
    proposes only chains whose view meets that condition; the write checks it again on the item as
    it is, so a stale view can cost a failed write, never a second holder, and of workers racing for
    one chain exactly one wins (and the generation, the fencing token, goes up by one).
