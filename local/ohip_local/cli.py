@@ -23,17 +23,45 @@ class LocalCommandError(StartupError):
     """A `local` command cannot go on; the message is the one line the user sees."""
 
 
-def _gateway(args: argparse.Namespace) -> int:
-    from .gateway import GatewayConfig, serve_forever
+MAX_ENVIRONMENTS = 50
+MAX_CHAINS_PER_ENVIRONMENT = 1000
+ENVIRONMENT_PORT_STEP = 10  # environment i listens on --port + 10 * i
 
-    config = GatewayConfig(
+
+def _gateway(args: argparse.Namespace) -> int:
+    from .gateway import GatewayConfig, fleet_config, serve_forever
+
+    environments: int = args.environments
+    chains: int = args.chains_per_environment
+    if not 1 <= environments <= MAX_ENVIRONMENTS:
+        raise LocalCommandError(
+            f"local gateway: --environments must be from 1 to {MAX_ENVIRONMENTS}, not {environments}"
+        )
+    if not 1 <= chains <= MAX_CHAINS_PER_ENVIRONMENT:
+        raise LocalCommandError(
+            f"local gateway: --chains-per-environment must be from 1 to {MAX_CHAINS_PER_ENVIRONMENT}, "
+            f"not {chains}"
+        )
+    last_port = args.port + ENVIRONMENT_PORT_STEP * (environments - 1)
+    if args.port and last_port > 65535:
+        raise LocalCommandError(
+            f"local gateway: environment {environments - 1} would listen on port {last_port} "
+            f"(--port + {ENVIRONMENT_PORT_STEP} per environment): choose a lower --port"
+        )
+    ports = {args.port + ENVIRONMENT_PORT_STEP * i for i in range(environments)} if args.port else set()
+    if args.control_port and args.control_port in ports:
+        raise LocalCommandError(
+            f"local gateway: --control-port {args.control_port} is an environment's port "
+            f"(--port + {ENVIRONMENT_PORT_STEP} per environment)"
+        )
+    base = GatewayConfig(
         host=args.host,
         port=args.port,
         control_port=args.control_port,
         token_lifetime=args.token_lifetime,
         seed=args.seed,
     )
-    asyncio.run(serve_forever(config))
+    asyncio.run(serve_forever(fleet_config(environments, chains, base, port_step=ENVIRONMENT_PORT_STEP)))
     return EXIT_OK
 
 
@@ -106,6 +134,20 @@ def add_local_parser(commands: Any) -> None:
     gateway.add_argument("--control-port", type=_port, default=8701, help="control interface (default 8701)")
     gateway.add_argument("--token-lifetime", type=_positive, default=3600.0, help="seconds (default 3600)")
     gateway.add_argument("--seed", type=int, default=1, help="event generator seed (default 1)")
+    gateway.add_argument(
+        "--environments",
+        type=int,
+        default=1,
+        help=f"OPERA environments, each with its own credentials and chains; environment i listens "
+        f"on --port + {ENVIRONMENT_PORT_STEP}*i (default 1, at most {MAX_ENVIRONMENTS})",
+    )
+    gateway.add_argument(
+        "--chains-per-environment",
+        type=int,
+        default=1,
+        help=f"chains of each environment, ENV<i>CHAIN001 and on (default 1; at most "
+        f"{MAX_CHAINS_PER_ENVIRONMENT}); one environment of one chain is LOCALCHAIN, as always",
+    )
     gateway.set_defaults(handler=_gateway)
 
     aws = parts.add_parser("aws", help="run moto server with the template's resources until Ctrl-C")

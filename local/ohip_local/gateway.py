@@ -7,9 +7,19 @@
         gw.emit(10)       # append 10 generated events
         gw.emit(6, adversarial=("lookalike",))   # or adversarial ones (adversarial.py)
 
+Several OPERA environments: `GatewayConfig`'s own credential and chain fields are environment 0,
+and `environments` (EnvironmentConfig) adds environments 1, 2, ..., each on a port of its own
+(a gateway host of its own, as in reality) with its own OAuth client, application key, chains,
+event logs, tokens and one-connection-per-chain rule: a token of one environment is refused by
+another (HTTP 401, close 4401), and the same chain code in two environments is two chains.
+`fleet_config(2, 100)` builds such a config. `gw.environment(i)` is environment i
+(`.url`, `.ws_url`, `.config`, `.source`, `.tokens`, `.streaming`, `.emit(...)`); `gw.url`,
+`gw.source`, `gw.emit` and the other single-environment attributes are environment 0's. One
+control interface serves them all (control.py). An idle chain costs no task and no log.
+
 `serve_forever(config)` runs one until cancelled (`ohip-relay local gateway`); the environment
 variable `OHIP_LOCAL_FIRST_OFFSET` sets where every chain's offsets start (default 1001; 0 and up
-to 20 digits are allowed, see `GatewayConfig.first_offset`).
+to 20 digits are allowed, see `GatewayConfig.first_offset`), in every environment.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import socket
@@ -50,8 +61,80 @@ class GatewayError(StartupError):
     """The gateway cannot start (bad configuration, port in use); the message is one line."""
 
 
+def _check_port(value: int, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise GatewayError(f"{what} {value} is not a TCP port (0-65535)")
+
+
+def _check_environment(
+    what: str,
+    chains: tuple[str, ...],
+    hotels: tuple[str, ...],
+    first_offset: int,
+    first_offsets: tuple[tuple[str, int], ...],
+) -> None:
+    """The rules every environment's settings follow; `what` ("gateway", "environment") names it."""
+    if not chains:
+        raise GatewayError(f"the {what} needs at least one chain")
+    if not hotels:
+        raise GatewayError(f"the {what} needs at least one hotel")
+    for chain, offset in (("", first_offset), *first_offsets):
+        if chain and chain not in chains:
+            raise GatewayError(f"{what} first offsets name an unknown chain {chain!r}")
+        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+            raise GatewayError(f"{what} first offset must be an integer from 0 to {MAX_OFFSET}")
+
+
+@dataclass(frozen=True)
+class EnvironmentConfig:
+    """One OPERA environment: its own port (a gateway host of its own, as in reality), OAuth
+    client, application key, enterprise, chains, hotels, external systems and event logs.
+
+    The fields mean what `GatewayConfig`'s fields of the same names mean; environment 0 is
+    `GatewayConfig`'s own fields. `seed` None: the gateway's seed plus the environment's index,
+    so that no two environments issue the same uniqueEventId."""
+
+    port: int = 0
+    client_id: str = "local-client"
+    client_secret: str = "local-secret"  # noqa: S105 - the local gateway's documented test credential
+    app_key: str = "local-app-key"
+    enterprise_id: str = "LOCALENT"
+    chains: tuple[str, ...] = ("LOCALCHAIN",)
+    hotels: tuple[str, ...] = ("HOTEL1", "HOTEL2", "HOTEL3")
+    external_systems: tuple[str, ...] = ("RELAY",)
+    approved_chains: tuple[str, ...] | None = None
+    oauth_app_key: str | None = None
+    first_offset: int = FIRST_OFFSET
+    first_offsets: tuple[tuple[str, int], ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_port(self.port, "environment port")
+        _check_environment(
+            "environment",
+            self.chains,
+            self.hotels,
+            self.first_offset,
+            self.first_offsets,
+        )
+
+    @property
+    def key_hash(self) -> str:
+        return hashlib.sha256(self.app_key.encode()).hexdigest()
+
+
+#: The fields an environment has of its own (`seed` aside): GatewayConfig holds environment 0's.
+ENVIRONMENT_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(EnvironmentConfig) if f.name != "seed"
+)
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
+    """The gateway's settings. The fields from `port` to `first_offsets` (ENVIRONMENT_FIELDS) are
+    environment 0's; `environments` adds environments 1, 2, ... (each on its own port), and the
+    other fields (timeouts, lifetimes, the control port) hold for every environment."""
+
     host: str = "127.0.0.1"
     port: int = 0  # 0: any free port
     control_port: int = 0
@@ -79,24 +162,36 @@ class GatewayConfig:
     # adversarial: a relay must not treat offset 0 as "nothing" nor assume a 64-bit integer.
     first_offset: int = FIRST_OFFSET
     first_offsets: tuple[tuple[str, int], ...] = ()
+    # Environments 1, 2, ... beside environment 0 (the fields above): see `environment(i)`.
+    environments: tuple[EnvironmentConfig, ...] = ()
+    # False is ADVERSARIAL: a second subscriber for the same app key and chain is let through
+    # instead of being closed with 4409, so that only the connection detector (GET /connections)
+    # sees it. For testing what watches the one-connection rule, never for a relay's tests.
+    one_connection_per_chain: bool = True
 
     def __post_init__(self) -> None:
         for name in ("port", "control_port"):
-            value = getattr(self, name)
-            if not 0 <= value <= 65535:
-                raise GatewayError(f"gateway {name.replace('_', ' ')} {value} is not a TCP port (0-65535)")
-        if not self.chains:
-            raise GatewayError("the gateway needs at least one chain")
-        if not self.hotels:
-            raise GatewayError("the gateway needs at least one hotel")
+            _check_port(getattr(self, name), f"gateway {name.replace('_', ' ')}")
+        _check_environment(
+            "gateway",
+            self.chains,
+            self.hotels,
+            self.first_offset,
+            self.first_offsets,
+        )
         for name in ("token_lifetime", "init_timeout", "server_ping_interval", "pong_timeout", "retention"):
             if getattr(self, name) <= 0:
                 raise GatewayError(f"gateway {name.replace('_', ' ')} must be positive")
-        for chain, offset in (("", self.first_offset), *self.first_offsets):
-            if chain and chain not in self.chains:
-                raise GatewayError(f"gateway first offsets name an unknown chain {chain!r}")
-            if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
-                raise GatewayError(f"gateway first offset must be an integer from 0 to {MAX_OFFSET}")
+        for env in self.environments:
+            if not isinstance(env, EnvironmentConfig):
+                raise GatewayError("gateway environments must be EnvironmentConfig objects")
+        ports = [self.control_port, *(self.environment(i).port for i in range(self.environment_count))]
+        taken = [port for port in ports if port]
+        if len(taken) != len(set(taken)):
+            raise GatewayError("gateway environments and the control interface need ports of their own")
+        seeds = [self.environment(i).seed for i in range(self.environment_count)]
+        if len(seeds) != len(set(seeds)):
+            raise GatewayError("gateway environments need seeds of their own (their event ids would repeat)")
 
     def first_offset_of(self, chain: str) -> int:
         return dict(self.first_offsets).get(chain, self.first_offset)
@@ -104,6 +199,76 @@ class GatewayConfig:
     @property
     def key_hash(self) -> str:
         return hashlib.sha256(self.app_key.encode()).hexdigest()
+
+    @property
+    def environment_count(self) -> int:
+        return 1 + len(self.environments)
+
+    def environment(self, index: int) -> EnvironmentConfig:
+        """Environment `index` (0: this config's own fields), its seed resolved."""
+        if not 0 <= index < self.environment_count:
+            raise IndexError(f"the gateway has no environment {index} (0 to {self.environment_count - 1})")
+        if index == 0:
+            return EnvironmentConfig(
+                **{name: getattr(self, name) for name in ENVIRONMENT_FIELDS}, seed=self.seed
+            )
+        env = self.environments[index - 1]
+        return env if env.seed is not None else dataclasses.replace(env, seed=self.seed + index)
+
+    def for_environment(self, index: int) -> GatewayConfig:
+        """The single-environment config environment `index` runs with (what its endpoints read)."""
+        if index == 0 and not self.environments:
+            return self
+        env = self.environment(index)
+        assert env.seed is not None
+        own = {name: getattr(env, name) for name in ENVIRONMENT_FIELDS}
+        return dataclasses.replace(self, **own, seed=env.seed, environments=())
+
+
+def fleet_config(
+    environments: int,
+    chains_per_environment: int,
+    base: GatewayConfig | None = None,
+    *,
+    port_step: int = 10,
+) -> GatewayConfig:
+    """`base` (default: the defaults) with `environments` environments of `chains_per_environment`
+    chains each. Environment 0 keeps `base`'s credentials; environment i > 0 gets its own
+    (`local-client-<i>`, `local-secret-<i>`, `local-app-key-<i>`, `LOCALENT<i>`) and port
+    `base.port + port_step * i` (any free port when `base.port` is 0). Chains are `ENV<i>CHAIN<nnn>`,
+    except that one environment of one chain keeps `base` exactly as it is."""
+    base = base or GatewayConfig()
+    if environments < 1:
+        raise GatewayError(f"the gateway needs at least one environment, not {environments}")
+    if chains_per_environment < 1:
+        raise GatewayError(f"an environment needs at least one chain, not {chains_per_environment}")
+    if environments == 1 and chains_per_environment == 1:
+        return base
+    last_port = base.port + port_step * (environments - 1)
+    if base.port and last_port > 65535:
+        raise GatewayError(f"environment {environments - 1} would need port {last_port} (over 65535)")
+    width = max(3, len(str(chains_per_environment)))
+
+    def chains(index: int) -> tuple[str, ...]:
+        return tuple(f"ENV{index}CHAIN{n:0{width}d}" for n in range(1, chains_per_environment + 1))
+
+    more = tuple(
+        EnvironmentConfig(
+            port=base.port + port_step * i if base.port else 0,
+            client_id=f"local-client-{i}",
+            client_secret=f"local-secret-{i}",
+            app_key=f"local-app-key-{i}",
+            enterprise_id=f"LOCALENT{i}",
+            chains=chains(i),
+            hotels=base.hotels,
+            external_systems=base.external_systems,
+            first_offset=base.first_offset,
+        )
+        for i in range(1, environments)
+    )
+    return dataclasses.replace(
+        base, chains=chains(0), approved_chains=None, first_offsets=(), environments=more
+    )
 
 
 @dataclass
@@ -166,14 +331,17 @@ class GatewayContext:
 
 
 def config_from_environment(config: GatewayConfig, environ: Mapping[str, str] | None = None) -> GatewayConfig:
-    """`config` with `OHIP_LOCAL_FIRST_OFFSET` (when set) as every chain's first offset."""
+    """`config` with `OHIP_LOCAL_FIRST_OFFSET` (when set) as every chain's first offset, in every
+    environment."""
     env = os.environ if environ is None else environ
     text = env.get(FIRST_OFFSET_ENV, "").strip()
     if not text:
         return config
     if not text.isascii() or not text.isdigit() or len(text) > 20:
         raise GatewayError(f"{FIRST_OFFSET_ENV} must be 1-20 digits (0 to {MAX_OFFSET})")
-    return dataclasses.replace(config, first_offset=int(text))
+    offset = int(text)
+    more = tuple(dataclasses.replace(env, first_offset=offset) for env in config.environments)
+    return dataclasses.replace(config, first_offset=offset, environments=more)
 
 
 def _bind(host: str, port: int, what: str) -> socket.socket:
@@ -190,15 +358,19 @@ def _bind(host: str, port: int, what: str) -> socket.socket:
     return sock
 
 
-class LocalGateway:
-    def __init__(self, config: GatewayConfig | None = None, *, clock: Clock = time.time) -> None:
-        from .control import build_control_app
+class GatewayEnvironment:
+    """One OPERA environment of a running gateway: its endpoints on a port of its own, its event
+    source, token store and one-connection-per-chain rule. Nothing is shared between environments
+    but the clock and the control interface."""
+
+    def __init__(self, index: int, config: GatewayConfig, clock: Clock) -> None:
         from .poll import PollEndpoint
         from .rest import RestEndpoint
         from .streaming import StreamingEndpoint
 
-        self.config = config or GatewayConfig()
-        cfg = self.config
+        self.index = index
+        self.config = config  # single-environment: GatewayConfig.for_environment(index)
+        cfg = config
         approved = cfg.chains if cfg.approved_chains is None else cfg.approved_chains
         self.context = GatewayContext(
             config=cfg,
@@ -233,11 +405,8 @@ class LocalGateway:
         app.router.add_get("/int/v1/externalSystem/{system}/businessEvents", self.poll.handle)
         app.router.add_get("/int/v1/externalSystem/{system}/hotels/{hotel}/businessEvents", self.poll.handle)
         self.rest.add_routes(app)
-        self._app = app
-        self._control_app = build_control_app(self.context, self.streaming, self.poll, self.rest)
-        self._runners: list[web.AppRunner] = []
+        self.app = app
         self.url = ""
-        self.control_url = ""
 
     @property
     def source(self) -> EventSource:
@@ -246,6 +415,10 @@ class LocalGateway:
     @property
     def tokens(self) -> TokenStore:
         return self.context.tokens
+
+    @property
+    def chains(self) -> tuple[str, ...]:
+        return self.config.chains
 
     @property
     def ws_url(self) -> str:
@@ -264,25 +437,90 @@ class LocalGateway:
             count, hotel=hotel, chain=chain, adversarial=adversarial, missing_as=missing_as
         )
 
+
+class LocalGateway:
+    """The gateway: one `GatewayEnvironment` per OPERA environment (each on its own port) and one
+    control interface. The attributes without an environment in their name (`url`, `ws_url`,
+    `context`, `source`, `tokens`, `streaming`, `poll`, `rest`, `oauth`, `emit`) are environment
+    0's; `environment(i)` is environment i."""
+
+    def __init__(self, config: GatewayConfig | None = None, *, clock: Clock = time.time) -> None:
+        from .control import build_control_app
+
+        self.config = config or GatewayConfig()
+        cfg = self.config
+        self.environments: tuple[GatewayEnvironment, ...] = tuple(
+            GatewayEnvironment(i, cfg.for_environment(i), clock) for i in range(cfg.environment_count)
+        )
+        first = self.environments[0]
+        self.context = first.context
+        self.oauth = first.oauth
+        self.streaming = first.streaming
+        self.poll = first.poll
+        self.rest = first.rest
+        self._control_app = build_control_app(self.environments)
+        self._runners: list[web.AppRunner] = []
+        self.control_url = ""
+
+    def environment(self, index: int) -> GatewayEnvironment:
+        if not 0 <= index < len(self.environments):
+            raise IndexError(f"the gateway has no environment {index} (0 to {len(self.environments) - 1})")
+        return self.environments[index]
+
+    @property
+    def url(self) -> str:
+        return self.environments[0].url
+
+    @property
+    def source(self) -> EventSource:
+        return self.context.source
+
+    @property
+    def tokens(self) -> TokenStore:
+        return self.context.tokens
+
+    @property
+    def ws_url(self) -> str:
+        return self.environments[0].ws_url
+
+    def emit(
+        self,
+        count: int = 1,
+        *,
+        hotel: str | None = None,
+        chain: str | None = None,
+        adversarial: str | Sequence[str] | None = None,
+        missing_as: MissingAs | None = None,
+    ) -> list[StoredEvent]:
+        return self.context.emit(
+            count, hotel=hotel, chain=chain, adversarial=adversarial, missing_as=missing_as
+        )
+
     async def start(self) -> None:
         cfg = self.config
-        main_sock = _bind(cfg.host, cfg.port, "OHIP gateway")
+        socks: list[socket.socket] = []
         try:
-            control_sock = _bind(cfg.host, cfg.control_port, "gateway control interface")
+            for env in self.environments:
+                what = "OHIP gateway" if env.index == 0 else f"OHIP gateway's environment {env.index}"
+                socks.append(_bind(cfg.host, env.config.port, what))
+            socks.append(_bind(cfg.host, cfg.control_port, "gateway control interface"))
         except GatewayError:
-            main_sock.close()
+            for sock in socks:
+                sock.close()
             raise
-        for app, sock in ((self._app, main_sock), (self._control_app, control_sock)):
+        apps = [env.app for env in self.environments] + [self._control_app]
+        for app, sock in zip(apps, socks, strict=True):
             runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
             await runner.setup()
             await web.SockSite(runner, sock).start()
             self._runners.append(runner)
         host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-        self.url = f"http://{host}:{main_sock.getsockname()[1]}"
-        self.control_url = f"http://{host}:{control_sock.getsockname()[1]}"
+        for env, sock in zip(self.environments, socks, strict=False):
+            env.url = f"http://{host}:{sock.getsockname()[1]}"
+        self.control_url = f"http://{host}:{socks[-1].getsockname()[1]}"
 
     async def stop(self) -> None:
-        await self.streaming.shutdown()
+        await asyncio.gather(*(env.streaming.shutdown() for env in self.environments))
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
@@ -297,21 +535,85 @@ class LocalGateway:
         await self.stop()
 
 
+def _chain_list(chains: Sequence[str]) -> str:
+    return ",".join(chains) if len(chains) <= 4 else f"{chains[0]},{chains[1]},...,{chains[-1]}"
+
+
+def _shell_range(chains: Sequence[str]) -> str:
+    """`ENV1CHAIN{001..020}` when the chains are such a run (bash brace expansion keeps the
+    zeros), else the codes one by one."""
+    first, last = chains[0], chains[-1]
+    stem = first.rstrip("0123456789")
+    digits = len(first) - len(stem)
+    expected = [f"{stem}{n:0{digits}d}" for n in range(1, len(chains) + 1)] if digits else []
+    if len(chains) > 1 and list(chains) == expected:
+        return f"{stem}{{{first[len(stem) :]}..{last[len(stem) :]}}}"
+    return " ".join(f"'{c}'" for c in chains)
+
+
+def describe(gw: LocalGateway) -> list[str]:
+    """What `ohip-relay local gateway` prints once the gateway listens: with one environment of one
+    chain, the `export` lines for a single-chain relay (as it always did); with more, a block of
+    them per environment (paste one) and a hint for registering the chains of a fleet."""
+    config = gw.config
+    lines: list[str] = []
+    if config.environment_count == 1 and len(config.chains) == 1:
+        lines.append(f"local OHIP gateway on {gw.url} (control interface {gw.control_url})")
+        if config.first_offset != FIRST_OFFSET:
+            lines.append(f"offsets start at {config.first_offset} ({FIRST_OFFSET_ENV})")
+        lines += _exports(gw.url, config)
+        return lines
+    n = config.environment_count
+    counts = {len(env.chains) for env in gw.environments}
+    count = counts.pop() if len(counts) == 1 else 0
+    per_env = "chains as listed" if not count else f"{count} chain{'s' if count > 1 else ''}"
+    per_env += " each" if count and n > 1 else ""
+    lines.append(
+        f"local OHIP gateway: {n} OPERA environment{'s' if n > 1 else ''}, {per_env} "
+        f"(control interface {gw.control_url})"
+    )
+    if config.first_offset != FIRST_OFFSET:
+        lines.append(f"offsets start at {config.first_offset} ({FIRST_OFFSET_ENV})")
+    lines.append("exports per environment, for a single-chain relay on its first chain: paste one block")
+    for env in gw.environments:
+        lines.append("")
+        lines.append(f"# environment {env.index}: {env.url}, chains {_chain_list(env.chains)}")
+        lines += _exports(env.url, env.config)
+    lines.append("")
+    lines.append("# a fleet reads the chain registry: per environment, a secret (JSON below) and its chains")
+    for env in gw.environments:
+        cfg = env.config
+        secret = json.dumps(
+            {"clientId": cfg.client_id, "clientSecret": cfg.client_secret, "appKey": cfg.app_key}
+        )
+        lines.append(f"#   environment {env.index}, secret ARN{env.index} holding {secret}:")
+        lines.append(
+            f'#     for c in {_shell_range(cfg.chains)}; do ohip-relay chains add --chain-code "$c" '
+            f"--gateway-url {env.url} --enterprise-id {cfg.enterprise_id} "
+            f'--secret-arn "$ARN{env.index}"; done'
+        )
+    return lines
+
+
+def _exports(url: str, config: GatewayConfig) -> list[str]:
+    return [
+        f"export OHIP_GATEWAY_URL={url}",
+        f"export OHIP_CLIENT_ID={config.client_id}",
+        f"export OHIP_CLIENT_SECRET={config.client_secret}",
+        f"export OHIP_APP_KEY={config.app_key}",
+        f"export OHIP_ENTERPRISE_ID={config.enterprise_id}",
+        f"export OHIP_CHAIN_CODE={config.chains[0]}",
+        f"export OHIP_HOTEL_IDS={','.join(config.hotels)}",
+        f"export OHIP_EXTERNAL_SYSTEM={config.external_systems[0]}",
+    ]
+
+
 async def serve_forever(config: GatewayConfig) -> None:
     """Run a gateway until cancelled (Ctrl-C), printing where it listens and how to point the relay at it.
     `OHIP_LOCAL_FIRST_OFFSET` in the environment sets where the chains' offsets start."""
     config = config_from_environment(config)
     async with LocalGateway(config) as gw:
-        print(f"local OHIP gateway on {gw.url} (control interface {gw.control_url})")
-        if config.first_offset != FIRST_OFFSET:
-            print(f"offsets start at {config.first_offset} ({FIRST_OFFSET_ENV})")
-        print(f"export OHIP_GATEWAY_URL={gw.url}")
-        print(f"export OHIP_CLIENT_ID={config.client_id}")
-        print(f"export OHIP_CLIENT_SECRET={config.client_secret}")
-        print(f"export OHIP_APP_KEY={config.app_key}")
-        print(f"export OHIP_ENTERPRISE_ID={config.enterprise_id}")
-        print(f"export OHIP_CHAIN_CODE={config.chains[0]}")
-        print(f"export OHIP_HOTEL_IDS={','.join(config.hotels)}")
-        print(f"export OHIP_EXTERNAL_SYSTEM={config.external_systems[0]}")
+        for line in describe(gw):
+            print(line)
         print("Ctrl-C to stop", flush=True)
         await asyncio.Event().wait()

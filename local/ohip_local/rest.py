@@ -195,8 +195,7 @@ class ResourceStore:
     def __init__(self, context: GatewayContext) -> None:
         self._reservations: dict[tuple[str, str], _State] = {}
         self._profiles: dict[str, _State] = {}
-        for chain in context.source.chains:
-            context.source.listen(chain, self.apply)
+        context.source.listen_all(self.apply)
 
     def apply(self, event: StoredEvent) -> None:
         if event.module == "RESERVATION":

@@ -13,6 +13,9 @@ always increase: `jump_offset` makes the next event skip ahead, never back. `res
 the one way back and is adversarial: it simulates a reset on OHIP's side (the chain's log is
 numbered again from a lower offset; events from before the reset are no longer replayed, though
 `all_events` and the poll queues keep them). A relay is right to stop streaming on it.
+
+Many chains cost little: a chain's log is created on its first append or offset change; listening
+to an idle chain or reading it (its next offset, its events) creates nothing.
 """
 
 from __future__ import annotations
@@ -176,9 +179,16 @@ class EventSource:
             raise ValueError(f"first_offsets names an unknown chain: {sorted(unknown)[0]}")
         for chain, offset in starts.items():
             check_offset(offset, f"first offset of chain {chain}")
-        self._logs = {chain: _ChainLog(next_offset=starts.get(chain, first_offset)) for chain in chains}
+        self._chains = tuple(dict.fromkeys(chains))
+        self._known = frozenset(self._chains)
+        self._first_offset = first_offset
+        self._starts = starts
+        # Created on a chain's first write (append, offset jump or reset): an idle chain, even one
+        # with subscribers waiting, costs a set entry.
+        self._logs: dict[str, _ChainLog] = {}
+        self._listeners: dict[str, list[Listener]] = {}
+        self._all_listeners: list[Listener] = []
         self._poll: dict[str, deque[StoredEvent]] = {code: deque() for code in external_systems}
-        self._listeners: dict[str, list[Listener]] = {chain: [] for chain in chains}
         self._reset_listeners: list[ResetListener] = []
         self.retention = retention
         self.clock = clock
@@ -187,6 +197,11 @@ class EventSource:
 
     @property
     def chains(self) -> tuple[str, ...]:
+        return self._chains
+
+    @property
+    def active_chains(self) -> tuple[str, ...]:
+        """The chains whose log exists: appended to, or their offsets moved, at least once."""
         return tuple(self._logs)
 
     @property
@@ -194,10 +209,22 @@ class EventSource:
         return tuple(self._poll)
 
     def _log(self, chain: str) -> _ChainLog:
-        try:
-            return self._logs[chain]
-        except KeyError:
-            raise UnknownChain(chain) from None
+        """The chain's log, created on first use (UnknownChain for a chain not configured)."""
+        log = self._logs.get(chain)
+        if log is None:
+            if chain not in self._known:
+                raise UnknownChain(chain)
+            log = self._logs[chain] = _ChainLog(next_offset=self._starts.get(chain, self._first_offset))
+        return log
+
+    def _view(self, chain: str) -> _ChainLog:
+        """The chain's log for reading: an empty one, not kept, when nothing has created it yet."""
+        log = self._logs.get(chain)
+        if log is not None:
+            return log
+        if chain not in self._known:
+            raise UnknownChain(chain)
+        return _ChainLog(next_offset=self._starts.get(chain, self._first_offset))
 
     def append(self, chain: str, draft: EventDraft, *, created_at: float | None = None) -> StoredEvent:
         """Number and store one change, queue it for polling, tell the live subscribers.
@@ -232,7 +259,7 @@ class EventSource:
         log.history.append(event)
         for queue in self._poll.values():
             queue.append(event)
-        for listener in list(self._listeners[chain]):
+        for listener in [*self._all_listeners, *self._listeners.get(chain, ())]:
             listener(event)
         return event
 
@@ -270,7 +297,7 @@ class EventSource:
         return previous
 
     def resets(self, chain: str) -> int:
-        return self._log(chain).resets
+        return self._view(chain).resets
 
     def on_reset(self, listener: ResetListener) -> Callable[[], None]:
         """Call `listener(chain, next_offset)` on every offset reset; returns the remover."""
@@ -286,8 +313,9 @@ class EventSource:
 
     def listen(self, chain: str, listener: Listener) -> Callable[[], None]:
         """Call `listener` for each event appended to `chain` from now on; returns the remover."""
-        self._log(chain)
-        listeners = self._listeners[chain]
+        if chain not in self._known:
+            raise UnknownChain(chain)
+        listeners = self._listeners.setdefault(chain, [])
         listeners.append(listener)
 
         def remove() -> None:
@@ -296,9 +324,19 @@ class EventSource:
 
         return remove
 
+    def listen_all(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener` for each event appended to any chain from now on; returns the remover."""
+        self._all_listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._all_listeners:
+                self._all_listeners.remove(listener)
+
+        return remove
+
     def retained_floor(self, chain: str) -> int:
         """The smallest offset still retained (the next offset when nothing is)."""
-        log = self._log(chain)
+        log = self._view(chain)
         horizon = self.clock() - self.retention
         for event in log.events:
             if event.created_at >= horizon:
@@ -307,21 +345,25 @@ class EventSource:
 
     def since(self, chain: str, offset: int) -> list[StoredEvent]:
         """Events with offset >= `offset` (inclusive replay), never older than the retention."""
-        log = self._log(chain)
+        log = self._view(chain)
         start = max(offset, self.retained_floor(chain))
         return log.events[bisect.bisect_left(log.offsets, start) :]
 
     def highest(self, chain: str) -> int | None:
         """The offset of the latest event of the chain, None when there is none."""
-        log = self._log(chain)
+        log = self._view(chain)
         return log.offsets[-1] if log.offsets else None
 
     def next_offset(self, chain: str) -> int:
-        return self._log(chain).next_offset
+        return self._view(chain).next_offset
+
+    def event_count(self, chain: str) -> int:
+        """How many events were ever appended to `chain` (across offset resets)."""
+        return len(self._view(chain).history)
 
     def all_events(self, chain: str) -> list[StoredEvent]:
         """Every event ever appended to `chain`, in order (across offset resets)."""
-        return list(self._log(chain).history)
+        return list(self._view(chain).history)
 
     # -- poll side -------------------------------------------------------------------------------
 

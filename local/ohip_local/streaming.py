@@ -28,6 +28,14 @@ documentation (not from the client's `ohip_relay.protocol`), so that it can chec
 - Client `ping` gets `pong`; the server pings every `server_ping_interval` and closes with 4504
   when no `pong` comes within `pong_timeout`.
 - `complete`: the remaining events up to the highest offset at that moment, then close 1000.
+- The connection detector (`connection_report`, the control interface's `GET /connections`):
+  per chain, the most sockets ever subscribed at once (the 4409 rule keeps it at 1; with
+  `one_connection_per_chain` off, ADVERSARIAL, a second subscriber is let through and counted),
+  the 4409 refusals, and the subscriptions accepted while a previous socket was still closing.
+- Faults for the control interface: drop, close or stall the pongs of every connection or of
+  those subscribed to one chain.
+
+One endpoint serves one OPERA environment: its app key, chains and tokens (gateway.py).
 
 Timers for the connection (init, ping, pong) run on the event loop's monotonic clock; the lockout
 and the resubscribe gap use the gateway's injectable clock, like token expiry and retention.
@@ -44,7 +52,8 @@ import itertools
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -492,6 +501,21 @@ class _Session:
     deferred: list[str] = field(default_factory=list)
 
 
+MOMENTS_KEPT = 20  # double-subscription moments kept per chain (there should be none at all)
+
+
+@dataclass(eq=False)
+class _ChainConnections:
+    """The connection detector's record of one app key + chain (created on its first subscribe)."""
+
+    total: int = 0  # subscriptions accepted
+    refusals: int = 0  # 4409: another client was connected, or the lockout ran
+    max_subscribed: int = 0  # the most sockets with a live subscription at once
+    doubles: int = 0  # subscriptions accepted while another socket's subscription was live
+    overlaps: int = 0  # subscriptions accepted while a socket of the chain was still closing
+    moments: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MOMENTS_KEPT))
+
+
 def _dumps(message: Mapping[str, Any]) -> str:
     # ASCII only: any str encodes, lone UTF-16 surrogates and U+FFFF included (as JSON escapes).
     return json.dumps(message, separators=(",", ":"), ensure_ascii=True)
@@ -550,6 +574,8 @@ class StreamingEndpoint:
         self._replay_floor: dict[_Key, int] = {}  # set by offsetType highest
         self._lockout_until: dict[_Key, float] = {}  # gateway clock
         self._last_complete: dict[_Key, float] = {}  # gateway clock
+        self._detector: dict[_Key, _ChainConnections] = {}  # the connection detector
+        self._stalled_chains: set[str] = set()
         # counters
         self.connections = 0
         self.rejected_handshakes = 0
@@ -726,7 +752,10 @@ class StreamingEndpoint:
         )
 
     async def _on_ping(self, session: _Session, payload: Any) -> None:
-        if self._stall_pongs:
+        if self._stall_pongs or (
+            self._stalled_chains
+            and any(sub.request.chain in self._stalled_chains for sub in session.subscriptions.values())
+        ):
             self.stalled_pings += 1
             return
         frame = _dumps({"type": "pong"} if payload is None else {"type": "pong", "payload": payload})
@@ -788,11 +817,13 @@ class StreamingEndpoint:
             log.info(
                 "streaming connection %d: subscribe %.3fs after complete", session.number, now - completed_at
             )
-        if self._conflicting(key, now):
+        if self.context.config.one_connection_per_chain and self._conflicting(key, now):
             self.conflicts += 1
+            self._record(key).refusals += 1
             self._lockout_until[key] = now + self.context.config.conflict_lockout
             await self._close(session, CLOSE_CONFLICT, "Another client is already connected for this chain")
             return
+        self._detect(session, key, now)
         self._start_subscription(session, sub_id, request, key)
 
     def _conflicting(self, key: _Key, now: float) -> bool:
@@ -803,6 +834,39 @@ class StreamingEndpoint:
             for s in self._sessions.values()
             for sub in s.subscriptions.values()
         )
+
+    def _record(self, key: _Key) -> _ChainConnections:
+        record = self._detector.get(key)
+        if record is None:
+            record = self._detector[key] = _ChainConnections()
+        return record
+
+    def _detect(self, session: _Session, key: _Key, now: float) -> None:
+        """The connection detector, as `session` starts a subscription on `key`: the sockets with a
+        live subscription on it only ever grow here, so the count at this moment is the maximum."""
+        live: list[int] = []
+        closing = False
+        for other in self._sessions.values():
+            if other is session or not any(sub.key == key for sub in other.subscriptions.values()):
+                continue
+            if other.closing:
+                closing = True
+            else:
+                live.append(other.number)
+        record = self._record(key)
+        record.total += 1
+        record.max_subscribed = max(record.max_subscribed, len(live) + 1)
+        if closing:
+            record.overlaps += 1
+        if live:
+            record.doubles += 1
+            record.moments.append({"at": now, "connections": sorted([*live, session.number])})
+            log.warning(
+                "streaming connection %d: a second live subscription on %s (connections %s)",
+                session.number,
+                key[1],
+                live,
+            )
 
     def _start_subscription(
         self, session: _Session, sub_id: str, request: SubscriptionRequest, key: _Key
@@ -929,13 +993,20 @@ class StreamingEndpoint:
                     sub.queue.put_nowait(_Reset(offset))
         log.info("streaming: offsets of %s reset to %d", chain, offset)
 
-    def _live(self) -> list[_Session]:
-        return [s for s in self._sessions.values() if not s.closing]
+    def _live(self, chain: str | None = None) -> list[_Session]:
+        """The connections not closing; with `chain`, those with a subscription on it."""
+        return [
+            s
+            for s in self._sessions.values()
+            if not s.closing
+            and (chain is None or any(sub.request.chain == chain for sub in s.subscriptions.values()))
+        ]
 
-    async def drop_all(self) -> int:
-        """Abort every live TCP connection without a close frame (the client sees 1006)."""
+    async def drop_all(self, chain: str | None = None) -> int:
+        """Abort every live TCP connection (with `chain`: those subscribed to it) without a close
+        frame (the client sees 1006)."""
         dropped = 0
-        for session in self._live():
+        for session in self._live(chain):
             session.closing = True
             session.close_code = CLOSE_ABNORMAL
             self._stop_session(session)
@@ -945,24 +1016,34 @@ class StreamingEndpoint:
         log.info("streaming: dropped %d connections", dropped)
         return dropped
 
-    async def close_all(self, code: int, reason: str = "") -> int:
-        """Close every live connection with `code`."""
-        tasks = [self._request_close(s, code, reason) for s in self._live()]
+    async def close_all(self, code: int, reason: str = "", *, chain: str | None = None) -> int:
+        """Close every live connection (with `chain`: those subscribed to it) with `code`."""
+        tasks = [self._request_close(s, code, reason) for s in self._live(chain)]
         live = [t for t in tasks if t is not None]
         if live:
             await asyncio.gather(*live, return_exceptions=True)
         return len(tasks)
 
-    def set_stall_pongs(self, enabled: bool) -> None:
-        """While enabled, client pings get no pong (they are dropped, not deferred)."""
+    def set_stall_pongs(self, enabled: bool, *, chain: str | None = None) -> None:
+        """While enabled, client pings get no pong (they are dropped, not deferred). With `chain`,
+        only on connections subscribed to it; disabling without a chain resumes every chain."""
+        if chain is not None:
+            if enabled:
+                self._stalled_chains.add(chain)
+            else:
+                self._stalled_chains.discard(chain)
+            return
         self._stall_pongs = enabled
+        if not enabled:
+            self._stalled_chains.clear()
 
-    def start_backpressure(self, events: int) -> None:
-        """Emit `events` events on the first chain and send them as a burst: client pings that
-        arrive before a subscriber has been sent the burst's last event get their pong after it."""
+    def start_backpressure(self, events: int, *, chain: str | None = None) -> None:
+        """Emit `events` events on `chain` (default the first) and send them as a burst: client
+        pings that arrive before a subscriber has been sent the burst's last event get their pong
+        after it."""
         if events <= 0:
             return
-        chain = self.context.config.chains[0]
+        chain = chain or self.context.config.chains[0]
         in_burst = [
             (session, sub)
             for session in self._live()
@@ -1021,8 +1102,41 @@ class StreamingEndpoint:
             "events_delivered": self.events_delivered,
             "offset_resets": self.offset_resets,
             "stall_pongs": self._stall_pongs,
+            "stalled_chains": sorted(self._stalled_chains),
             "delivered_offsets": {chain: offset for (_, chain), offset in sorted(self._delivered.items())},
         }
+
+    def connection_report(self, chains: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        """The connection detector, per chain (default: every configured chain), JSON-ready:
+        `connections` sockets now open with a subscription on it (closing ones included),
+        `subscribed` those not closing, `max_concurrent_subscribed` the most at once ever (more than
+        1 must never happen), `double_subscriptions` how many times that happened and `moments`
+        when (the gateway clock; the last few), `refusals_4409` second clients refused,
+        `total_connections` subscriptions accepted, `handover_overlaps` subscriptions accepted
+        while a previous socket of the chain was still closing (it gets nothing more: benign)."""
+        app_key = self.context.config.app_key
+        open_now: dict[str, int] = {}
+        subscribed: dict[str, int] = {}
+        for session in self._sessions.values():
+            for chain in {sub.request.chain for sub in session.subscriptions.values()}:
+                open_now[chain] = open_now.get(chain, 0) + 1
+                if not session.closing:
+                    subscribed[chain] = subscribed.get(chain, 0) + 1
+        empty = _ChainConnections()
+        report: dict[str, dict[str, Any]] = {}
+        for chain in self.context.config.chains if chains is None else chains:
+            record = self._detector.get((app_key, chain), empty)
+            report[chain] = {
+                "connections": open_now.get(chain, 0),
+                "subscribed": subscribed.get(chain, 0),
+                "max_concurrent_subscribed": record.max_subscribed,
+                "double_subscriptions": record.doubles,
+                "refusals_4409": record.refusals,
+                "total_connections": record.total,
+                "handover_overlaps": record.overlaps,
+                "moments": list(record.moments),
+            }
+        return report
 
     async def shutdown(self) -> None:
         """Close every connection with 1001 (the gateway is stopping)."""

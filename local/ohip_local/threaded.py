@@ -7,8 +7,9 @@
 For the demo and for tests whose client under test runs its own loop (or is another process).
 The gateway's objects belong to the gateway's thread: from the caller's thread talk to it over
 HTTP (`ControlClient(gw.control_url)`), or hand work to its loop with `call_in_gateway`; reading
-`gw.url`, `gw.ws_url`, `gw.control_url` and `gw.config` is safe. A start failure (a port in use,
-say) is raised in the caller as the gateway raised it (`GatewayError`, one line).
+`gw.url`, `gw.ws_url`, `gw.control_url` and `gw.config` is safe, and so is reading `url`, `ws_url`
+and `config` of an environment (`gw.environment(i)`). A start failure (a port in use, say) is
+raised in the caller as the gateway raised it (`GatewayError`, one line).
 """
 
 from __future__ import annotations

@@ -158,3 +158,32 @@ def test_dequeue_removes_what_it_returns_once() -> None:
     assert len(first) == 4
     assert len(second) == 6
     assert {e.offset for e in first}.isdisjoint(e.offset for e in second)
+
+
+def test_a_chain_s_log_is_created_only_when_written() -> None:
+    source = EventSource([f"C{n}" for n in range(200)], ("SYS1",), clock=FakeClock(), first_offsets={"C7": 0})
+    assert len(source.chains) == 200
+    seen: list[StoredEvent] = []
+    source.listen("C5", seen.append)
+    everything: list[StoredEvent] = []
+    remove = source.listen_all(everything.append)
+    assert (source.next_offset("C5"), source.next_offset("C7"), source.highest("C5")) == (
+        FIRST_OFFSET,
+        0,
+        None,
+    )
+    assert source.since("C5", 0) == source.all_events("C5") == []
+    assert (source.event_count("C5"), source.resets("C5"), source.retained_floor("C7")) == (0, 0, 0)
+    assert source.active_chains == ()  # listening and reading create nothing
+    source.append("C5", draft())
+    source.append("C9", draft())
+    assert source.active_chains == ("C5", "C9")
+    assert [e.chain for e in seen] == ["C5"]
+    assert [e.chain for e in everything] == ["C5", "C9"]
+    remove()
+    source.append("C9", draft())
+    assert len(everything) == 2
+    with pytest.raises(UnknownChain):
+        source.next_offset("C200")
+    with pytest.raises(UnknownChain):
+        source.listen("C200", seen.append)
