@@ -26,6 +26,7 @@ from typing import Any
 
 from .config import ConfigError, Reader, Settings
 from .errors import StartupError
+from .failures import BAD_CREDENTIALS, DENIED, NOT_FOUND
 from .registry import (
     SUBSCRIPTION_ID,
     SUBSCRIPTION_ID_EXPECTED,
@@ -58,18 +59,6 @@ FLAGS = {
 #: The state items a subscription leaves behind when it is removed (see state.py).
 STATE_PREFIXES = ("checkpoint#", "heartbeat#", "lease#", "fallback#")
 
-_NOT_FOUND = frozenset({"ResourceNotFoundException"})
-_DENIED = frozenset({"AccessDeniedException", "AccessDenied", "UnauthorizedOperation"})
-_BAD_CREDENTIALS = frozenset(
-    {
-        "UnrecognizedClientException",
-        "InvalidClientTokenId",
-        "InvalidSignatureException",
-        "ExpiredTokenException",
-        "NoCredentialsError",
-        "PartialCredentialsError",
-    }
-)
 _PERMISSIONS = "dynamodb:GetItem, BatchGetItem, PutItem, UpdateItem, DeleteItem (in TransactWriteItems)"
 
 Handler = Callable[[argparse.Namespace], int]
@@ -295,14 +284,14 @@ def _failed(action: str, exc: RegistryError) -> int:
         step = "`ohip-relay chains list` shows the ids"
     elif isinstance(exc, VersionConflict):
         step = "`ohip-relay chains list` shows the current version; decide again"
-    elif code in _NOT_FOUND:
+    elif code in NOT_FOUND:
         step, exit_code = (
             "set RELAY_TABLE_NAME to the stack's TableName output and AWS_REGION to its region",
             2,
         )
-    elif code in _DENIED:
+    elif code in DENIED:
         step, exit_code = f"run under an identity allowed {_PERMISSIONS} on the table", 2
-    elif code in _BAD_CREDENTIALS:
+    elif code in BAD_CREDENTIALS:
         step, exit_code = "set AWS credentials (AWS_PROFILE, or the local stack's AWS_* exports)", 2
     elif exc.retryable:
         step = "try again (check AWS_ENDPOINT_URL and AWS_REGION if it keeps failing)"

@@ -18,12 +18,13 @@ from .state import StateStoreError
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-# DynamoDB / AWS error codes that mean "fix the setup", not "try again".
-_NOT_FOUND = frozenset(
+# AWS error codes by what they mean for the user (also used by `chains_cli`): the first three mean
+# "fix the setup", not "try again".
+NOT_FOUND = frozenset(
     {"ResourceNotFoundException", "NoSuchBucket", "AWS.SimpleQueueService.NonExistentQueue"}
 )
-_DENIED = frozenset({"AccessDeniedException", "AccessDenied", "UnauthorizedOperation"})
-_BAD_CREDENTIALS = frozenset(
+DENIED = frozenset({"AccessDeniedException", "AccessDenied", "UnauthorizedOperation"})
+BAD_CREDENTIALS = frozenset(
     {
         "UnrecognizedClientException",
         "InvalidClientTokenId",
@@ -36,7 +37,7 @@ _BAD_CREDENTIALS = frozenset(
         "InvalidAccessKeyId",
     }
 )
-_UNREACHABLE = frozenset(
+UNREACHABLE = frozenset(
     {
         "EndpointConnectionError",
         "ConnectTimeoutError",
@@ -76,7 +77,7 @@ def _aws_code(exc: BaseException) -> str:
 def explain_state_failure(exc: StateStoreError, table: str, env: Mapping[str, str]) -> Failure:
     """A DynamoDB failure on the state table, as the user should read it."""
     code = exc.code
-    if code in _NOT_FOUND:
+    if code in NOT_FOUND:
         return Failure(
             f"DynamoDB table {table!r} does not exist in {_where(env)}: set RELAY_TABLE_NAME to the stack's "
             "TableName output (and AWS_REGION to its region)",
@@ -92,7 +93,7 @@ def explain_state_failure(exc: StateStoreError, table: str, env: Mapping[str, st
 
 
 def _aws_failure(code: str, what: str, env: Mapping[str, str], *, detail: str, check: str = "") -> Failure:
-    if code in _DENIED:
+    if code in DENIED:
         # A least-privilege role covers the stack's own resources only: a mistyped name is denied
         # before the service looks it up, so "denied" often means "not the stack's".
         name_hint = f"check {check}, then " if check else ""
@@ -101,7 +102,7 @@ def _aws_failure(code: str, what: str, env: Mapping[str, str], *, detail: str, c
             "the permissions in docs/permissions.md",
             EXIT_USAGE,
         )
-    if code in _BAD_CREDENTIALS:
+    if code in BAD_CREDENTIALS:
         return Failure(
             f"{what}: AWS did not accept the credentials ({code}); set AWS_PROFILE (or run `aws sso login`), "
             "or, for the local stack, paste the AWS_* exports that `ohip-relay local aws` printed "
@@ -118,13 +119,13 @@ def _aws_failure(code: str, what: str, env: Mapping[str, str], *, detail: str, c
         return Failure(
             f"{what}: no AWS region: set AWS_REGION (the region of the queue and table)", EXIT_USAGE
         )
-    if code in _UNREACHABLE:
+    if code in UNREACHABLE:
         return Failure(
             f"{what}: cannot reach AWS at {_where(env)} ({code}); check AWS_ENDPOINT_URL and AWS_REGION, "
             "or start the local stack (`ohip-relay local aws`)",
             EXIT_FAILED,
         )
-    if code in _NOT_FOUND:
+    if code in NOT_FOUND:
         return Failure(
             f"{what}: not found in {_where(env)} ({code}); check the name and AWS_REGION", EXIT_USAGE
         )
@@ -152,4 +153,14 @@ def explain(exc: BaseException, env: Mapping[str, str]) -> Failure:
     )
 
 
-__all__ = ["EXIT_FAILED", "EXIT_USAGE", "Failure", "explain", "explain_state_failure"]
+__all__ = [
+    "BAD_CREDENTIALS",
+    "DENIED",
+    "EXIT_FAILED",
+    "EXIT_USAGE",
+    "NOT_FOUND",
+    "UNREACHABLE",
+    "Failure",
+    "explain",
+    "explain_state_failure",
+]
