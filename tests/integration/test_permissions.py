@@ -25,14 +25,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
-import importlib.util
 import io
 import itertools
 import json
 import logging
 import os
 import re
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -42,7 +40,6 @@ from functools import partial
 from types import ModuleType
 from typing import Any
 
-import boto3
 import pytest
 
 from ohip_local.aws import (
@@ -60,6 +57,7 @@ from ohip_local.aws import (
 from ohip_local.eventsource import SqsEventSource
 from ohip_local.gateway import GatewayConfig, LocalGateway
 from ohip_local.iam import Denial, denials, journal_mark
+from ohip_local.lambdas import load_function
 from ohip_local.stack import credentials_in_environment
 from ohip_relay.balance import ChainSummary, worker_items
 from ohip_relay.cli import main as cli_main
@@ -268,21 +266,7 @@ class World:
     def load_function(self, name: str) -> ModuleType:
         """A fresh copy of functions/<name>/app.py (inside `lambda_environment`: it builds its
         clients on import, as a Lambda execution environment starts)."""
-        module_name = f"_permissions_{name}_{next(self._numbers)}"
-        spec = importlib.util.spec_from_file_location(module_name, FUNCTIONS / name / "app.py")
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        # A new execution environment is a new process: boto3's default session (which caches
-        # the credentials it first resolved) starts afresh, with the role's credentials; the
-        # process's own is put back for whatever the harness builds next.
-        saved, boto3.DEFAULT_SESSION = boto3.DEFAULT_SESSION, None
-        try:
-            spec.loader.exec_module(module)
-        finally:
-            boto3.DEFAULT_SESSION = saved
-        return module
+        return load_function(name, functions=FUNCTIONS)
 
 
 @pytest.fixture(scope="module")

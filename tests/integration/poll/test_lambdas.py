@@ -3,22 +3,18 @@ with a fake Lambda context against the local gateway and moto."""
 
 from __future__ import annotations
 
-import importlib.util
-import itertools
 import json
 import logging
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import boto3
 import pytest
 
 from ohip_local.aws import CONSUMER_ROLE
+from ohip_local.lambdas import load_function
 from ohip_local.poll import business_event_data
 from ohip_relay.cli import main
 from ohip_relay.events import from_poll
@@ -26,9 +22,6 @@ from ohip_relay.events import from_poll
 from .conftest import PollRig
 
 pytestmark = pytest.mark.integration
-
-FUNCTIONS = Path(__file__).resolve().parents[3] / "functions"
-_names = itertools.count()
 
 
 @dataclass
@@ -41,25 +34,6 @@ class FakeContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return self.remaining_ms
-
-
-def load_function(name: str) -> ModuleType:
-    """A fresh copy of functions/<name>/app.py (module-level wiring reads the environment)."""
-    module_name = f"_fn_{name}_{next(_names)}"
-    spec = importlib.util.spec_from_file_location(module_name, FUNCTIONS / name / "app.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    # A new execution environment is a new process: boto3's default session, which caches the
-    # credentials it first resolved, starts afresh with the environment's (the function's role);
-    # the process's own is put back for whatever the test builds next.
-    saved, boto3.DEFAULT_SESSION = boto3.DEFAULT_SESSION, None
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        boto3.DEFAULT_SESSION = saved
-    return module
 
 
 @pytest.fixture
