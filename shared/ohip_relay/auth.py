@@ -176,6 +176,11 @@ class _Provider:
         """Forget the token (after the server said 4401); the next `get()` fetches a new one."""
         self._cache.invalidate()
 
+    def use(self, params: OAuthParams) -> None:
+        """Ask with other credentials from now on (re-read after a refusal); the cached token goes."""
+        self._params = params
+        self._cache.invalidate()
+
     def expires_at(self) -> float | None:
         return self._cache.expires_at()
 

@@ -78,7 +78,9 @@ class CloseOutcome:
         return classify_handshake_status(status)
 
     @classmethod
-    def for_auth_failure(cls, *, permanent: bool, refusals: int = 1) -> CloseOutcome:
+    def for_auth_failure(
+        cls, *, permanent: bool, refusals: int = 1, first: float = AUTH_RETRY_FIRST
+    ) -> CloseOutcome:
         """The OAuth token endpoint failed before we could connect.
 
         Permanent (bad credentials, unknown client): an alarm, and a retry after `auth_retry_floor`
@@ -90,18 +92,18 @@ class CloseOutcome:
                 None,
                 CloseKind.PERMANENT,
                 "the OAuth token request was refused: check the client credentials",
-                min_delay=auth_retry_floor(refusals),
+                min_delay=auth_retry_floor(refusals, first=first),
                 alarm=True,
             )
         return cls(None, CloseKind.TRANSIENT, "the OAuth token request failed")
 
 
-def auth_retry_floor(refusals: int) -> float:
+def auth_retry_floor(refusals: int, *, first: float = AUTH_RETRY_FIRST) -> float:
     """Seconds to wait after the `refusals`-th refusal of the credentials in a row (1-based):
-    AUTH_RETRY_FIRST, doubling, at most AUTH_RETRY_CAP."""
+    `first` (AUTH_RETRY_FIRST), doubling, at most AUTH_RETRY_CAP."""
     if refusals < 1:
         raise ValueError("refusals counts from 1")
-    return min(AUTH_RETRY_CAP, AUTH_RETRY_FIRST * 2.0 ** min(refusals - 1, 16))
+    return min(AUTH_RETRY_CAP, first * 2.0 ** min(refusals - 1, 16))
 
 
 # code -> (kind, our reason, min_delay, alarm). `renew_token` follows from the kind.

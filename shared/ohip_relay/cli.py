@@ -47,10 +47,14 @@ def _settings(args: argparse.Namespace, *needs: Need, secrets: bool = False) -> 
 
 def _stream(args: argparse.Namespace) -> int:
     from .config import Need
+    from .runtime import resolve_secrets
     from .stream import run_stream
 
-    settings = _settings(args, Need.OHIP, Need.STREAM, Need.AWS, secrets=True)
-    return asyncio.run(run_stream(settings))
+    base = _settings(args, Need.OHIP, Need.STREAM, Need.AWS)
+    # With OHIP_SECRET_ARN the secret is read again after a refusal: a corrected secret is used
+    # without a restart.
+    reload = (lambda: resolve_secrets(base)) if base.secret_arn else None
+    return asyncio.run(run_stream(resolve_secrets(base), reload_credentials=reload))
 
 
 def _seconds(low: float, high: float) -> Callable[[str], float]:

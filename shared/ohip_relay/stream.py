@@ -62,7 +62,15 @@ from websockets.typing import Subprotocol
 
 from . import protocol as proto
 from .auth import AsyncTokenProvider, AuthError, OAuthParams, Token
-from .backoff import AUTH_RETRY_CAP, Backoff, CloseKind, CloseOutcome, auth_retry_floor, classify_close
+from .backoff import (
+    AUTH_RETRY_CAP,
+    AUTH_RETRY_FIRST,
+    Backoff,
+    CloseKind,
+    CloseOutcome,
+    auth_retry_floor,
+    classify_close,
+)
 from .config import Settings, SqsTransport, StartPosition
 from .errors import StartupError, one_line
 from .events import CanonicalEvent, MalformedEvent, from_stream
@@ -113,6 +121,8 @@ class StreamOptions:
     regression_retry: float = 60.0
     # Parking a frame in S3 that failed: the first retry after this, doubling up to 30 s.
     park_retry: float = 0.5
+    # Credentials the token endpoint refused: the first retry after this, doubling up to 300 s.
+    auth_retry_first: float = AUTH_RETRY_FIRST
 
     def __post_init__(self) -> None:
         if self.lease_renew_interval * 2 >= self.lease_duration:
@@ -171,8 +181,12 @@ class StreamConsumer:
         rng: random.Random | None = None,
         seen: SeenSet | None = None,
         s3: Any = None,
+        reload_credentials: Callable[[], Settings] | None = None,
     ) -> None:
         self.settings = settings
+        # With OHIP_SECRET_ARN: reads the secret again. Called before each retry after a refusal, so
+        # that a secret corrected in Secrets Manager is used without a restart.
+        self.reload_credentials = reload_credentials
         self.seen = seen
         self.s3 = s3  # parking (malformed/ in settings.bucket_name); None: parking fails (and retries)
         self.options = options or StreamOptions()
@@ -408,6 +422,8 @@ class StreamConsumer:
             await self._sleep(delay)
 
     async def _one_connection(self) -> tuple[CloseOutcome, float | None]:
+        if self.auth_refusals and self.reload_credentials is not None:
+            await self._reload_credentials()
         try:
             token = await self.tokens.get()
         except AuthError as exc:
@@ -420,13 +436,17 @@ class StreamConsumer:
             if self.auth_refusals == 1:
                 log.error(
                     "%s; the stream stays off (heartbeat state auth-failed, so the poll fallback takes "
-                    "over if its credentials work) and asks again in %.0fs, doubling up to every %.0fs",
+                    "over if its credentials work) and asks again in %.0fs, doubling up to every %.0fs%s",
                     exc,
-                    auth_retry_floor(1),
+                    auth_retry_floor(1, first=self.options.auth_retry_first),
                     AUTH_RETRY_CAP,
+                    ", reading OHIP_SECRET_ARN again before each try" if self.reload_credentials else "",
                 )
             self.telemetry.count(Metric.AUTH_REFUSALS)
-            return CloseOutcome.for_auth_failure(permanent=True, refusals=self.auth_refusals), None
+            outcome = CloseOutcome.for_auth_failure(
+                permanent=True, refusals=self.auth_refusals, first=self.options.auth_retry_first
+            )
+            return outcome, None
         self._credentials_accepted()
         core = proto.StreamProtocol(
             token=token.access_token,
@@ -464,6 +484,29 @@ class StreamConsumer:
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             log.warning("cannot connect to the streaming endpoint: %s", type(exc).__name__)
             return classify_close(None, "connect failed"), None
+
+    async def _reload_credentials(self) -> None:
+        """Read the credentials again (the secret may have been corrected); use them if they changed."""
+        assert self.reload_credentials is not None
+        try:
+            fresh = await asyncio.to_thread(self.reload_credentials)
+        except Exception as exc:
+            log.warning("cannot read the OHIP credentials again (%s); trying the ones in use", one_line(exc))
+            return
+        old = self.settings
+        if (fresh.client_id, fresh.client_secret, fresh.app_key) == (
+            old.client_id,
+            old.client_secret,
+            old.app_key,
+        ):
+            log.debug("the OHIP credentials read again are the ones in use")
+            return
+        self.settings = replace(
+            old, client_id=fresh.client_id, client_secret=fresh.client_secret, app_key=fresh.app_key
+        )
+        self.tokens.use(OAuthParams.from_settings(self.settings))
+        self.url = proto.stream_url(self.settings.gateway_url, self.settings.app_key)
+        log.info("the OHIP credentials in OHIP_SECRET_ARN changed; trying the new ones")
 
     def _credentials_accepted(self) -> None:
         if self.auth_refusals:
@@ -1136,10 +1179,14 @@ def options_for(settings: Settings) -> StreamOptions:
 
 @contextlib.asynccontextmanager
 async def open_consumer(
-    settings: Settings, options: StreamOptions | None = None, *, owner: str | None = None
+    settings: Settings,
+    options: StreamOptions | None = None,
+    *,
+    owner: str | None = None,
+    reload_credentials: Callable[[], Settings] | None = None,
 ) -> AsyncIterator[StreamConsumer]:
     """A consumer wired to SQS, DynamoDB and the OAuth endpoint from the settings; its publisher is
-    started on entry and closed on exit."""
+    started on entry and closed on exit. `reload_credentials`: see `StreamConsumer`."""
     from .runtime import aws_client, aws_credentials
 
     opts = options or options_for(settings)
@@ -1194,6 +1241,7 @@ async def open_consumer(
             owner=owner,
             seen=SeenSet(dynamodb, settings.table_name, ttl_days=settings.seen_ttl_days),
             s3=s3,
+            reload_credentials=reload_credentials,
         )
         holder.append(consumer)
         try:
@@ -1228,11 +1276,16 @@ def arm_stop_watchdog(loop: asyncio.AbstractEventLoop, seconds: float = STOP_WAT
     loop.call_later(seconds, log_task_stacks)
 
 
-async def run_stream(settings: Settings, options: StreamOptions | None = None) -> int:
+async def run_stream(
+    settings: Settings,
+    options: StreamOptions | None = None,
+    *,
+    reload_credentials: Callable[[], Settings] | None = None,
+) -> int:
     """Run the consumer until SIGTERM/SIGINT; returns the exit status."""
     import signal
 
-    async with open_consumer(settings, options) as consumer:
+    async with open_consumer(settings, options, reload_credentials=reload_credentials) as consumer:
         loop = asyncio.get_running_loop()
 
         def stop() -> None:
