@@ -96,7 +96,15 @@ from typing import TYPE_CHECKING, Any, Final
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .balance import WORKER_PREFIX, LeaseView, WorkerRecord, read_worker_items
-from .state import LEASE_PREFIX, StateStoreError, store_error
+from .state import (
+    BATCH_GET_KEYS,
+    BATCH_GET_ROUNDS,
+    LEASE_PREFIX,
+    StateStoreError,
+    batch_get_items,
+    error_code,
+    store_error,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
@@ -106,8 +114,8 @@ FLEET_INDEX_KEY: Final = "fleet-index"
 FLEET_INDEX_KIND: Final = "fleet-index"
 LEASE_KIND: Final = "lease"
 
-BATCH_KEYS: Final = 100  # BatchGetItem's limit per request
-BATCH_ROUNDS: Final = 8  # unprocessed keys asked for again at most this often, with backoff
+BATCH_KEYS: Final = BATCH_GET_KEYS  # BatchGetItem's limit per request
+BATCH_ROUNDS: Final = BATCH_GET_ROUNDS  # unprocessed keys asked for again, with backoff
 DEFAULT_RENEW_WORKERS: Final = 8  # below botocore's default connection pool (10)
 
 _CONDITION_FAILED: Final = "ConditionalCheckFailedException"
@@ -642,7 +650,7 @@ class FleetStore:
         try:
             response = self._ddb.update_item(**request)
         except ClientError as exc:
-            if condition is not None and _code(exc) == _CONDITION_FAILED:
+            if condition is not None and error_code(exc) == _CONDITION_FAILED:
                 return None
             raise store_error(operation, self._table, exc, subject=about) from exc
         except BotoCoreError as exc:
@@ -670,7 +678,7 @@ class FleetStore:
         try:
             response = self._ddb.delete_item(**request)
         except ClientError as exc:
-            if condition is not None and _code(exc) == _CONDITION_FAILED:
+            if condition is not None and error_code(exc) == _CONDITION_FAILED:
                 return None
             raise store_error(operation, self._table, exc, subject=subject) from exc
         except BotoCoreError as exc:
@@ -689,35 +697,29 @@ class FleetStore:
     def _batch_get(
         self, operation: str, keys: Sequence[str], *, consistent: bool
     ) -> dict[str, Mapping[str, Any]]:
-        """The items of `keys` (distinct) that exist, by `pk`: BatchGetItem, `BATCH_KEYS` a request;
-        unprocessed keys (throttling, or the 16 MB response limit) asked for again with backoff."""
-        found: dict[str, Mapping[str, Any]] = {}
-        for start in range(0, len(keys), BATCH_KEYS):
-            chunk = keys[start : start + BATCH_KEYS]
-            pending: list[Mapping[str, AttributeValueTypeDef]] = [{"pk": {"S": k}} for k in chunk]
-            for attempt in range(BATCH_ROUNDS):
-                try:
-                    response = self._ddb.batch_get_item(
-                        RequestItems={self._table: {"Keys": pending, "ConsistentRead": consistent}}
-                    )
-                except (ClientError, BotoCoreError) as exc:
-                    raise store_error(operation, self._table, exc, subject=_keys_subject(chunk)) from exc
-                for item in (response.get("Responses") or {}).get(self._table) or []:
-                    found[str(item["pk"]["S"])] = item
-                unprocessed = (response.get("UnprocessedKeys") or {}).get(self._table)
-                pending = list(unprocessed["Keys"]) if unprocessed else []
-                if not pending:
-                    break
-                self._sleep(min(1.0, 0.05 * 2**attempt))
-            else:
-                raise StateStoreError(
-                    f"DynamoDB {operation} on table {self._table} for {_keys_subject(chunk)} failed "
-                    f"({len(pending)} keys left unprocessed after {BATCH_ROUNDS} requests: throttled)",
-                    operation=operation,
-                    code="UnprocessedKeys",
-                    retryable=True,
-                )
-        return found
+        """The items of `keys` (distinct) that exist, by `pk` (`state.batch_get_items`)."""
+
+        def failed(exc: ClientError | BotoCoreError, chunk: Sequence[str]) -> Exception:
+            return store_error(operation, self._table, exc, subject=_keys_subject(chunk))
+
+        def throttled(left: int, chunk: Sequence[str]) -> Exception:
+            return StateStoreError(
+                f"DynamoDB {operation} on table {self._table} for {_keys_subject(chunk)} failed "
+                f"({left} keys left unprocessed after {BATCH_ROUNDS} requests: throttled)",
+                operation=operation,
+                code="UnprocessedKeys",
+                retryable=True,
+            )
+
+        return batch_get_items(
+            self._ddb,
+            self._table,
+            keys,
+            consistent=consistent,
+            sleep=self._sleep,
+            failed=failed,
+            throttled=throttled,
+        )
 
     def _malformed(self, operation: str, chain: str, exc: ValueError) -> StateStoreError:
         return StateStoreError(
@@ -777,10 +779,6 @@ def _check_chain(chain: str) -> None:
 def _check_positive(name: str, value: float) -> None:
     if not value > 0:
         raise ValueError(f"{name} must be positive, not {value}")
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", "Unknown"))
 
 
 def _round(value: float) -> float:

@@ -85,6 +85,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .config import ConfigError, Reader, Settings
+from .state import BATCH_GET_ROUNDS, batch_get_items, error_code
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
@@ -145,8 +146,6 @@ _RETRYABLE_CODES = frozenset(
         "TransactionInProgressException",
     }
 )
-_BATCH_KEYS = 100  # BatchGetItem's limit
-_BATCH_ROUNDS = 8  # unprocessed keys asked for again at most this often, with backoff
 _LIST_ATTEMPTS = 3  # a list that saw the registry change starts over at most this often
 _WRITE_ATTEMPTS = 5  # a write whose entry changed after it was read is tried again this often
 
@@ -555,7 +554,7 @@ class RegistryStore:
                 },
             )
         except ClientError as exc:
-            if _code(exc) == _CONDITION_FAILED:
+            if error_code(exc) == _CONDITION_FAILED:
                 return False
             raise self._error("RemoveSubscription", subscription_id, exc) from exc
         except BotoCoreError as exc:
@@ -567,7 +566,7 @@ class RegistryStore:
         try:
             self._ddb.transact_write_items(TransactItems=items)
         except ClientError as exc:
-            if _code(exc) == _TRANSACTION_CANCELED:
+            if error_code(exc) == _TRANSACTION_CANCELED:
                 reasons = exc.response.get("CancellationReasons") or []
                 codes = [str(reason.get("Code", "")) for reason in reasons]
                 if codes and codes[0] == "ConditionalCheckFailed":
@@ -612,31 +611,27 @@ class RegistryStore:
         return revision, ids
 
     def _batch_get(self, keys: Sequence[str]) -> dict[str, Mapping[str, Any]]:
-        """The items of `keys` that exist, by `pk` (BatchGetItem, strongly consistent)."""
-        found: dict[str, Mapping[str, Any]] = {}
-        for start in range(0, len(keys), _BATCH_KEYS):
-            pending: list[Mapping[str, Any]] = [{"pk": {"S": k}} for k in keys[start : start + _BATCH_KEYS]]
-            for attempt in range(_BATCH_ROUNDS):
-                try:
-                    response = self._ddb.batch_get_item(
-                        RequestItems={self._table: {"Keys": pending, "ConsistentRead": True}}
-                    )
-                except (ClientError, BotoCoreError) as exc:
-                    raise self._error("ListRegistry", None, exc) from exc
-                for item in (response.get("Responses") or {}).get(self._table) or []:
-                    found[str(item["pk"]["S"])] = item
-                unprocessed = (response.get("UnprocessedKeys") or {}).get(self._table)
-                pending = list(unprocessed["Keys"]) if unprocessed else []
-                if not pending:
-                    break
-                self._sleep(min(1.0, 0.05 * 2**attempt))  # DynamoDB asks for these later (throttled)
-            else:
-                raise RegistryError(
-                    f"DynamoDB ListRegistry on table {self._table} failed ({len(pending)} entries "
-                    f"left unprocessed after {_BATCH_ROUNDS} requests: throttled)",
-                    **self._context("ListRegistry", None, "UnprocessedKeys", retryable=True),
-                )
-        return found
+        """The items of `keys` that exist, by `pk` (`state.batch_get_items`, strongly consistent)."""
+
+        def failed(exc: ClientError | BotoCoreError, _chunk: Sequence[str]) -> Exception:
+            return self._error("ListRegistry", None, exc)
+
+        def throttled(left: int, _chunk: Sequence[str]) -> Exception:
+            return RegistryError(
+                f"DynamoDB ListRegistry on table {self._table} failed ({left} entries "
+                f"left unprocessed after {BATCH_GET_ROUNDS} requests: throttled)",
+                **self._context("ListRegistry", None, "UnprocessedKeys", retryable=True),
+            )
+
+        return batch_get_items(
+            self._ddb,
+            self._table,
+            keys,
+            consistent=True,
+            sleep=self._sleep,
+            failed=failed,
+            throttled=throttled,
+        )
 
     def _decode(self, item: Mapping[str, Any], operation: str, subscription_id: str) -> Subscription:
         try:
@@ -698,7 +693,7 @@ class RegistryStore:
         self, operation: str, subscription_id: str | None, exc: ClientError | BotoCoreError
     ) -> RegistryError:
         if isinstance(exc, ClientError):
-            code = _code(exc)
+            code = error_code(exc)
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
             retryable = code in _RETRYABLE_CODES or status >= 500
             detail = f"{code}: {exc.response.get('Error', {}).get('Message', '')}".rstrip(": ")
@@ -806,10 +801,6 @@ def _stamp(now: float | None) -> float:
 
 def _num(value: float) -> AttributeValueTypeDef:
     return {"N": f"{value:.3f}"}
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", "Unknown"))
 
 
 def _item_str(item: Mapping[str, Any], name: str, *, required: bool = False) -> str:

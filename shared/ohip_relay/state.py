@@ -62,7 +62,7 @@ always passed in by the caller (`now`), so the rules can be tested with a moving
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -544,7 +544,7 @@ class StateStore:
                 ExpressionAttributeValues=values,
             )
         except ClientError as exc:
-            if _code(exc) == _CONDITION_FAILED:
+            if error_code(exc) == _CONDITION_FAILED:
                 return False
             raise self._error(operation, exc) from exc
         except BotoCoreError as exc:
@@ -561,7 +561,7 @@ def store_error(
     """The `StateStoreError` for a failed DynamoDB call: one line naming the operation, the table
     and, if given, what it was about (`subject`, e.g. "chain 'C1'"), with the error code."""
     if isinstance(exc, ClientError):
-        code = _code(exc)
+        code = error_code(exc)
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         retryable = code in _RETRYABLE_CODES or status >= 500
         detail = f"{code}: {exc.response.get('Error', {}).get('Message', '')}".rstrip(": ")
@@ -583,8 +583,50 @@ def _check_owner(owner: str) -> None:
         raise ValueError("owner must not be empty")
 
 
-def _code(exc: ClientError) -> str:
+def error_code(exc: ClientError) -> str:
+    """The error code DynamoDB answered with ("Unknown" if none)."""
     return str(exc.response.get("Error", {}).get("Code", "Unknown"))
+
+
+BATCH_GET_KEYS = 100  # BatchGetItem's limit per request
+BATCH_GET_ROUNDS = 8  # unprocessed keys asked for again at most this often, with backoff
+
+
+def batch_get_items(
+    ddb: Any,
+    table: str,
+    keys: Sequence[str],
+    *,
+    consistent: bool,
+    sleep: Callable[[float], None],
+    failed: Callable[[ClientError | BotoCoreError, Sequence[str]], Exception],
+    throttled: Callable[[int, Sequence[str]], Exception],
+) -> dict[str, Mapping[str, Any]]:
+    """The items of `keys` (distinct) that exist in `table`, by `pk`: BatchGetItem, BATCH_GET_KEYS
+    a request; unprocessed keys (throttling, or the 16 MB response limit) asked for again with
+    backoff, at most BATCH_GET_ROUNDS times. A failed request raises `failed(exc, chunk)`; keys
+    still unprocessed after the last round raise `throttled(how_many, chunk)`."""
+    found: dict[str, Mapping[str, Any]] = {}
+    for start in range(0, len(keys), BATCH_GET_KEYS):
+        chunk = keys[start : start + BATCH_GET_KEYS]
+        pending: list[Mapping[str, Any]] = [{"pk": {"S": k}} for k in chunk]
+        for attempt in range(BATCH_GET_ROUNDS):
+            try:
+                response = ddb.batch_get_item(
+                    RequestItems={table: {"Keys": pending, "ConsistentRead": consistent}}
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise failed(exc, chunk) from exc
+            for item in (response.get("Responses") or {}).get(table) or []:
+                found[str(item["pk"]["S"])] = item
+            unprocessed = (response.get("UnprocessedKeys") or {}).get(table)
+            pending = list(unprocessed["Keys"]) if unprocessed else []
+            if not pending:
+                break
+            sleep(min(1.0, 0.05 * 2**attempt))  # DynamoDB asks for these later (throttled)
+        else:
+            raise throttled(len(pending), chunk)
+    return found
 
 
 def _num(value: float) -> AttributeValueTypeDef:
