@@ -10,14 +10,11 @@ state table (the fleet index is one per table).
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from ohip_local.aws import ProvisionedStack, provision
 from ohip_relay.balance import ChainSummary, LeaseView, LeaseWatch, plan, worker_items
@@ -25,35 +22,18 @@ from ohip_relay.fleet_state import FLEET_INDEX_KEY, Acquired, FleetStore
 from ohip_relay.state import StateStore, StateStoreError
 
 from ..conftest import TEMPLATE
+from .dynamo import client as _client
+from .dynamo import once as _once
+from .dynamo import raw_item as _raw
+from .dynamo import with_fresh_table
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb.client import DynamoDBClient
+    pass
 
 pytestmark = pytest.mark.integration
 
 T0 = 1_764_000_000.0
 D = 30.0  # the lease period
-
-
-def _client(stack: ProvisionedStack) -> DynamoDBClient:
-    return boto3.client(
-        "dynamodb",
-        endpoint_url=stack.endpoint_url,
-        region_name=stack.region,
-        config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
-    )
-
-
-def _once(action: Callable[[], Any]) -> Callable[..., None]:
-    """A botocore hook that runs `action` the first time it fires."""
-    fired: list[bool] = []
-
-    def hook(**_: Any) -> None:
-        if not fired:
-            fired.append(True)
-            action()
-
-    return hook
 
 
 @pytest.fixture(scope="module")
@@ -64,16 +44,7 @@ def stack(aws_endpoint: str) -> ProvisionedStack:
 @pytest.fixture
 def aws_stack(stack: ProvisionedStack) -> ProvisionedStack:
     """The module's stack with a fresh copy of its state table as `table_name`."""
-    client = _client(stack)
-    table = client.describe_table(TableName=stack.table_name)["Table"]
-    name = f"{stack.table_name}-{uuid.uuid4().hex[:8]}"
-    client.create_table(
-        TableName=name,
-        KeySchema=table["KeySchema"],
-        AttributeDefinitions=table["AttributeDefinitions"],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    return dataclasses.replace(stack, outputs={**stack.outputs, "TableName": name})
+    return with_fresh_table(stack)
 
 
 def _store(stack: ProvisionedStack, **kwargs: Any) -> FleetStore:
@@ -84,13 +55,6 @@ def _store(stack: ProvisionedStack, **kwargs: Any) -> FleetStore:
 @pytest.fixture
 def store(aws_stack: ProvisionedStack) -> FleetStore:
     return _store(aws_stack)
-
-
-def _raw(stack: ProvisionedStack, pk: str) -> dict[str, Any] | None:
-    item: dict[str, Any] | None = (
-        _client(stack).get_item(TableName=stack.table_name, Key={"pk": {"S": pk}}).get("Item")
-    )
-    return item
 
 
 def _view(store: FleetStore, chain: str) -> LeaseView | None:

@@ -13,20 +13,16 @@ table.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import io
 import json
 import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from ohip_local.aws import ProvisionedStack, provision
 from ohip_local.stack import environment_for
@@ -44,24 +40,19 @@ from ohip_relay.registry import (
 from ohip_relay.state import StateStore
 
 from ..conftest import TEMPLATE
+from .dynamo import client as _client
+from .dynamo import once as _once
+from .dynamo import raw_item as _raw
+from .dynamo import with_fresh_table
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb.client import DynamoDBClient
+    pass
 
 pytestmark = pytest.mark.integration
 
 T0 = 1_764_000_000.0
 ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:ohip/prod-AbCdEf"
 ARN_UAT = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:ohip/uat-GhIjKl"
-
-
-def _client(stack: ProvisionedStack) -> DynamoDBClient:
-    return boto3.client(
-        "dynamodb",
-        endpoint_url=stack.endpoint_url,
-        region_name=stack.region,
-        config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
-    )
 
 
 def _sub(chain: str = "CHAIN1", **changes: Any) -> Subscription:
@@ -73,18 +64,6 @@ def _sub(chain: str = "CHAIN1", **changes: Any) -> Subscription:
     return Subscription(**{**fields, **changes})
 
 
-def _once(action: Callable[[], Any]) -> Callable[..., None]:
-    """A botocore hook that runs `action` the first time it fires."""
-    fired: list[bool] = []
-
-    def hook(**_: Any) -> None:
-        if not fired:
-            fired.append(True)
-            action()
-
-    return hook
-
-
 @pytest.fixture(scope="module")
 def stack(aws_endpoint: str) -> ProvisionedStack:
     return provision(aws_endpoint, TEMPLATE, stack_name=f"registry-{uuid.uuid4().hex[:8]}")
@@ -94,28 +73,12 @@ def stack(aws_endpoint: str) -> ProvisionedStack:
 def aws_stack(stack: ProvisionedStack) -> ProvisionedStack:
     """The module's stack, with a fresh copy of its state table as `table_name` (~10 ms, where a
     whole stack takes most of a second)."""
-    client = _client(stack)
-    table = client.describe_table(TableName=stack.table_name)["Table"]
-    name = f"{stack.table_name}-{uuid.uuid4().hex[:8]}"
-    client.create_table(
-        TableName=name,
-        KeySchema=table["KeySchema"],
-        AttributeDefinitions=table["AttributeDefinitions"],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    return dataclasses.replace(stack, outputs={**stack.outputs, "TableName": name})
+    return with_fresh_table(stack)
 
 
 @pytest.fixture
 def store(aws_stack: ProvisionedStack) -> RegistryStore:
     return RegistryStore(_client(aws_stack), aws_stack.table_name)
-
-
-def _raw(stack: ProvisionedStack, pk: str) -> dict[str, Any] | None:
-    item: dict[str, Any] | None = (
-        _client(stack).get_item(TableName=stack.table_name, Key={"pk": {"S": pk}}).get("Item")
-    )
-    return item
 
 
 # -- add, get, list -----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ohip_relay.chains_cli import FLAGS
 from ohip_relay.config import ConfigError, Need, Reader, Settings
 from ohip_relay.registry import (
     ATTRIBUTES,
@@ -23,17 +24,6 @@ from ohip_relay.registry import (
 
 ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:ohip/prod-AbCdEf"
 GATEWAY = "https://ohip.example.com"
-FLAGS = {
-    "id": "--id",
-    "gateway_url": "--gateway-url",
-    "chain_code": "--chain-code",
-    "secret_arn": "--secret-arn",
-    "enterprise_id": "--enterprise-id",
-    "oauth_scope": "--oauth-scope",
-    "external_system": "--external-system",
-    "hotel_ids": "--hotel-ids",
-    "hotel_code": "--hotel-code",
-}
 ENV = {
     "OHIP_GATEWAY_URL": "https://ohip.example.com/",
     "OHIP_CLIENT_ID": "client",
