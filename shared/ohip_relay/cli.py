@@ -51,6 +51,10 @@ def _stream(args: argparse.Namespace) -> int:
     from .stream import run_stream
 
     base = _settings(args, Need.OHIP, Need.STREAM, Need.AWS)
+    if base.fleet:
+        from .scheduler import run_fleet
+
+        return asyncio.run(run_fleet(base))
     # With OHIP_SECRET_ARN the secret is read again after a refusal: a corrected secret is used
     # without a restart.
     reload = (lambda: resolve_secrets(base)) if base.secret_arn else None
@@ -316,9 +320,11 @@ class ShortExceptions(logging.Filter):
 def configure_logging(fmt: str, level: int, *, tracebacks: bool | None = None) -> None:
     """Log to stderr, every line masked for personal data (see `ohip_relay.redact`). Tracebacks are
     logged only at debug level (-v), unless `tracebacks` says otherwise."""
+    from .logcontext import SubscriptionFilter
     from .redact import RedactingFilter, RedactingFormatter
 
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(SubscriptionFilter(prefix=fmt != "json"))
     if not (level <= logging.DEBUG if tracebacks is None else tracebacks):
         handler.addFilter(ShortExceptions())
     if fmt == "json":

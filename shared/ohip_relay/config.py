@@ -117,6 +117,9 @@ class Settings:
     enrich_concurrency: int = 4
     log_format: LogFormat = LogFormat.TEXT
     metrics_output: MetricsOutput = MetricsOutput.AUTO
+    # Many chains in one deployment (docs/fleet-design.md): the chains come from the registry in
+    # the state table, not from the OHIP_* variables of the single-chain shape.
+    fleet: bool = False
 
     @property
     def emit_metrics(self) -> bool:
@@ -135,6 +138,20 @@ class Settings:
         required = set(needs)
         reader = _Reader(env)
         secret_arn = reader.text("OHIP_SECRET_ARN")
+        fleet = reader.boolean("RELAY_FLEET", default=False)
+        if fleet:
+            # The chains and their credentials come from the registry: the single-chain variables
+            # are not read (a stray OHIP_CHAIN_CODE would suggest a chain the fleet does not serve).
+            stray = sorted(name for name in _SINGLE_CHAIN_VARIABLES if env.get(name, "").strip())
+            if stray:
+                raise ConfigError(
+                    f"RELAY_FLEET: true serves the chains of the registry (ohip-relay chains list), so "
+                    f"{', '.join(stray)} must not be set; unset them, or set RELAY_FLEET to false for "
+                    "one chain"
+                )
+            required.discard(Need.OHIP)
+            required.discard(Need.STREAM)
+            required.discard(Need.POLL)
         credentials_required = Need.OHIP in required and not secret_arn
         settings = cls(
             gateway_url=reader.url("OHIP_GATEWAY_URL", required=Need.OHIP in required, https_only=True),
@@ -185,6 +202,7 @@ class Settings:
             enrich_concurrency=reader.integer("RELAY_ENRICH_CONCURRENCY", default=4, low=1, high=32),
             log_format=log_format_from_env(env),
             metrics_output=reader.choice("RELAY_METRICS", MetricsOutput, MetricsOutput.AUTO),
+            fleet=fleet,
         )
         if settings.health_stale_seconds < 2 * settings.heartbeat_seconds:
             # A heartbeat written every N s is up to N s old in normal operation: a stale threshold
@@ -203,6 +221,23 @@ class Settings:
 def log_format_from_env(env: Mapping[str, str]) -> LogFormat:
     """`RELAY_LOG_FORMAT`, validated (the command line reads it before any other setting)."""
     return _Reader(env).choice("RELAY_LOG_FORMAT", LogFormat, LogFormat.TEXT)
+
+
+#: The variables that describe the one chain of the single-chain shape (not read with RELAY_FLEET).
+_SINGLE_CHAIN_VARIABLES = (
+    "OHIP_GATEWAY_URL",
+    "OHIP_CHAIN_CODE",
+    "OHIP_CLIENT_ID",
+    "OHIP_CLIENT_SECRET",
+    "OHIP_APP_KEY",
+    "OHIP_SECRET_ARN",
+    "OHIP_HOTEL_IDS",
+    "OHIP_EXTERNAL_SYSTEM",
+    "OHIP_HOTEL_CODE",
+    "OHIP_STREAM_DELTA",
+    "OHIP_ENTERPRISE_ID",
+    "OHIP_OAUTH_SCOPE",
+)
 
 
 class _Reader:

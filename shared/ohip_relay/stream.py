@@ -51,7 +51,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 from botocore.config import Config
@@ -79,6 +79,7 @@ from .publish import (
     OutboundMessage,
     PublisherConfig,
     PublishError,
+    PublisherStats,
     PublishFailure,
     SqsPublisher,
     outbound_message,
@@ -134,6 +135,39 @@ class StreamOptions:
 BLOCKING_THREADS = 16
 
 
+class SessionPublisher(Protocol):
+    """What the consumer uses of its publisher: an `SqsPublisher`, or in a fleet one chain's view
+    of the task's shared publisher (`scheduler.ChainPublisher`)."""
+
+    @property
+    def has_room(self) -> bool: ...
+    @property
+    def buffered(self) -> int: ...
+    @property
+    def stats(self) -> PublisherStats: ...
+    def take_latency_samples(self) -> list[float]: ...
+    async def submit(self, message: OutboundMessage) -> None: ...
+    async def flush(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ManagedLease:
+    """The lease of a chain session that a fleet scheduler holds (scheduler.py): the scheduler
+    acquired it, renews it in its batch and releases it after the session ends; the session neither
+    acquires, renews, releases nor writes `heartbeat#<id>` (the worker item replaces it), and it ends
+    when the lease is lost (`StreamConsumer.lose_lease`) instead of standing by.
+
+    `completed_at`: the previous holder's `complete` (wall clock), from the acquire; the session
+    subscribes 10 s after it plus `clock_allowance`, the clock offset between two tasks allowed for.
+    """
+
+    completed_at: float | None = None
+    clock_allowance: float = 1.0
+    # How often the session reads `fallback#<id>` for the seen-set's mark (docs/fleet-design.md:
+    # once a minute, not with every heartbeat as the single-chain consumer does).
+    fallback_mark_interval: float = 60.0
+
+
 class _Stopped(Exception):
     """A stop was requested while the consumer was waiting to read its state."""
 
@@ -172,7 +206,7 @@ class StreamConsumer:
         self,
         settings: Settings,
         *,
-        publisher: SqsPublisher,
+        publisher: SessionPublisher,
         state: StateStore,
         tokens: AsyncTokenProvider,
         telemetry: Telemetry,
@@ -182,8 +216,15 @@ class StreamConsumer:
         seen: SeenSet | None = None,
         s3: Any = None,
         reload_credentials: Callable[[], Settings] | None = None,
+        managed: ManagedLease | None = None,
+        threads: ThreadPoolExecutor | None = None,
+        subscription: str | None = None,
     ) -> None:
         self.settings = settings
+        # The registry id of the chain (None: the chain code, the single-chain shape): events'
+        # identities are scoped by it, so one chain code in two OHIP environments never collides.
+        self.subscription = subscription or settings.chain_code
+        self.managed = managed
         # With OHIP_SECRET_ARN: reads the secret again. Called before each retry after a refusal, so
         # that a secret corrected in Secrets Manager is used without a restart.
         self.reload_credentials = reload_credentials
@@ -211,14 +252,20 @@ class StreamConsumer:
         self.next_delay: float | None = None  # seconds until the next connection attempt
         self.connections = 0
 
-        self.holding_lease = False
+        self.holding_lease = managed is not None
         self._lease_confirmed_at = 0.0  # wall clock: the `now` of the last acquire or renew that succeeded
         self._lease_lost_why = ""
         self._beats: set[asyncio.Task[None]] = set()
         # The DynamoDB calls (blocking boto3) run in threads of the consumer's own: in the loop's
         # shared default pool (6 threads on 2 CPUs) a lease renewal could queue behind calls that
         # botocore is retrying through throttling, and the lease was then given up for nothing.
-        self._threads = ThreadPoolExecutor(max_workers=BLOCKING_THREADS, thread_name_prefix="relay-state")
+        # A fleet's sessions share the scheduler's pool (`threads`); their leases are renewed by the
+        # scheduler on threads of its own, so no renewal queues behind these calls there either.
+        self._own_threads = threads is None
+        self._threads = threads or ThreadPoolExecutor(
+            max_workers=BLOCKING_THREADS, thread_name_prefix="relay-state"
+        )
+        self._mark_read_at: float | None = None  # monotonic: the last read of the fallback mark
         self.suppressed = 0  # replayed events the poll fallback had already published
         self._suppressed_logged = 0
         self._retried_reported = 0
@@ -237,6 +284,29 @@ class StreamConsumer:
         self._token_problem = ""  # why the last token request failed (transiently), for the log
 
     # -- public -----------------------------------------------------------------------------
+
+    def lose_lease(self, why: str) -> None:
+        """The lease is not surely ours any more: close the connection now, whatever the consumer
+        waits for, and submit nothing more (the lease keeper, or a fleet scheduler, calls this)."""
+        if self._lease_lost.is_set():
+            return
+        self._lease_lost_why = why
+        self.holding_lease = False
+        self._lease_lost.set()
+        self._wake.set()
+        self._close_connection("lease lost")
+
+    @property
+    def lease_lost(self) -> bool:
+        return self._lease_lost.is_set()
+
+    @property
+    def completed_at(self) -> float | None:
+        """When this consumer last sent `complete` (wall clock), None if never."""
+        if self._last_complete_at is None:
+            return None
+        loop = asyncio.get_running_loop()
+        return time.time() - max(0.0, loop.time() - self._last_complete_at)
 
     def request_stop(self) -> None:
         """SIGTERM/SIGINT: finish cleanly (complete, drain, flush, checkpoint, release)."""
@@ -285,11 +355,16 @@ class StreamConsumer:
         background = [
             asyncio.create_task(self._every(self.options.checkpoint_interval, self._write_checkpoint)),
             asyncio.create_task(self._every(self.options.heartbeat_interval, self._write_heartbeat)),
-            asyncio.create_task(self._every(self.options.metrics_interval, self._flush_metrics)),
-            asyncio.create_task(self._every(self.options.token_check_interval, self._refresh_token)),
         ]
+        if self.managed is None:  # a fleet's scheduler flushes the shared metrics and tokens
+            background += [
+                asyncio.create_task(self._every(self.options.metrics_interval, self._flush_metrics)),
+                asyncio.create_task(self._every(self.options.token_check_interval, self._refresh_token)),
+            ]
         try:
-            while not self._stop.is_set():
+            if self.managed is not None:
+                await self._run_managed(self.managed)
+            while self.managed is None and not self._stop.is_set():
                 if not await self._acquire_lease():
                     break
                 try:
@@ -350,8 +425,27 @@ class StreamConsumer:
             await asyncio.gather(*background, return_exceptions=True)
             await self._shutdown()
             # A call still running (a renewal given up on) ends within its botocore timeouts.
-            self._threads.shutdown(wait=False)
+            if self._own_threads:
+                self._threads.shutdown(wait=False)
         return self.exit_status
+
+    async def _run_managed(self, managed: ManagedLease) -> None:
+        """A fleet session: the lease is held (the scheduler acquired it); run until stopped
+        (a handover or a stop: complete, drain, flush) or until the lease is lost."""
+        if managed.completed_at is not None:
+            # The previous holder's `complete`, on its clock: the gap is counted from there, plus
+            # the offset allowed between two tasks' clocks.
+            loop = asyncio.get_running_loop()
+            since = max(0.0, time.time() - managed.completed_at)
+            self._last_complete_at = loop.time() - since + managed.clock_allowance
+        await self._refresh_fallback_mark()
+        await self._connection_loop()
+        if self._stop.is_set() and not self._lease_lost.is_set():
+            # Drain while the scheduler still renews the lease: the next holder must not subscribe
+            # before this session's last checkpoint.
+            await self._settle_publisher(self.options.stop_flush_timeout)
+        elif self._lease_lost.is_set():
+            log.error("lease lost (%s): connection closed; the session ends", self._lease_lost_why)
 
     # -- the connection loop ----------------------------------------------------------------
 
@@ -696,7 +790,7 @@ class StreamConsumer:
             log.warning("offsets move on again at %s: streaming resumed", event.offset)
             self._beat()
         try:
-            canonical = from_stream(event.new_event, self.settings.chain_code, datetime.now(UTC))
+            canonical = self._canonical(event)
         except Exception as exc:  # MalformedEvent, or anything else a value the protocol allows may cause
             # Cannot be represented in the public format: parked raw; the checkpoint passes it once
             # it is (a replay would fail the same way). The reason names the field, never a value.
@@ -717,6 +811,13 @@ class StreamConsumer:
             await self.publisher.submit(message)
         else:
             await self._submit_unless_lease_lost(message)
+
+    def _canonical(self, event: proto.EventReceived) -> CanonicalEvent:
+        when = datetime.now(UTC)
+        if self.subscription == self.settings.chain_code:
+            return from_stream(event.new_event, self.settings.chain_code, when)
+        # TODO(identity): scoped ids once events.from_stream takes `subscription`.
+        return from_stream(event.new_event, self.settings.chain_code, when)
 
     async def _submit_unless_lease_lost(self, message: OutboundMessage) -> None:
         """`submit` while the publisher is full (SQS slow or down): the wait ends early when the
@@ -835,6 +936,7 @@ class StreamConsumer:
             self._suppressed_logged = self.suppressed
 
     async def _refresh_fallback_mark(self) -> None:
+        self._mark_read_at = time.monotonic()
         try:
             record = await self._blocking(self.state.get_fallback)
         except Exception as exc:
@@ -965,15 +1067,11 @@ class StreamConsumer:
                 continue
             left = safe_until - time.time()
             if ok is False or left <= 0:
-                self._lease_lost_why = (
+                self.lose_lease(
                     "another task holds the stream now"
                     if ok is False
                     else f"no lease renewal succeeded for {time.time() - self._lease_confirmed_at:.1f}s"
                 )
-                self.holding_lease = False
-                self._lease_lost.set()
-                self._wake.set()
-                self._close_connection("lease lost")
                 return
             # Failed but the lease is still ours for a while: try again sooner as its end nears.
             next_at = time.time() + min(interval, max(interval / 4, left / 2))
@@ -1037,6 +1135,14 @@ class StreamConsumer:
         if not self.holding_lease:
             return
         self._log_suppressed()
+        if self.managed is not None:
+            # The scheduler reports the session in its worker item; only the mark is read here.
+            due = self._mark_read_at is None or (
+                time.monotonic() - self._mark_read_at >= self.managed.fallback_mark_interval
+            )
+            if due:
+                await self._refresh_fallback_mark()
+            return
         await self._refresh_fallback_mark()
         heartbeat = Heartbeat(
             state=self.status,
@@ -1123,6 +1229,11 @@ class StreamConsumer:
                 describe_checkpoint(self.checkpointed),
             )
         self.status = StreamState.FAILED if self.exit_status else StreamState.STOPPED
+        if self.managed is not None:
+            # The scheduler releases the lease (with when `complete` was sent) and reports the end.
+            self._log_suppressed()
+            log.info("session stopped at checkpoint %s", describe_checkpoint(self.checkpointed))
+            return
         with contextlib.suppress(Exception):
             await self._write_heartbeat()
         if self.holding_lease:

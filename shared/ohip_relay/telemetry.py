@@ -34,6 +34,15 @@ class Metric(StrEnum):
     OFFSET_REGRESSIONS = "OffsetRegressions"  # OHIP's offsets went backwards: streaming stopped
     LOOKALIKE_MATCHES = "LookalikeMatches"  # a suppression under a content key shared by several events
     AUTH_REFUSALS = "AuthRefusals"  # the OHIP token endpoint refused the credentials (HTTP 400/401/403)
+    # the stream fleet (RELAY_FLEET=true), per task, no chain or task dimension (docs/fleet-design.md, 7)
+    CHAINS_RUNNING = "ChainsRunning"  # chain sessions the task holds (Maximum: the most loaded task)
+    CHAINS_CONNECTED = "ChainsConnected"
+    CHAINS_DOWN = "ChainsDown"  # held but not connected
+    MAX_STREAM_LAG = "MaxStreamLag"  # seconds, the task's worst chain
+    # the poll fallback in fleet mode, per tick
+    CHAINS_UNHEALTHY = "ChainsUnhealthy"  # enabled chains judged unhealthy
+    CHAINS_WITHOUT_HOLDER = "ChainsWithoutHolder"  # enabled chains no live worker lists
+    CHAINS_FALLBACK_ACTIVE = "ChainsFallbackActive"
     # poll fallback
     STREAM_HEALTHY = "StreamHealthy"  # 1 healthy, 0 unhealthy, as the fallback judged it
     FALLBACK_ACTIVE = "FallbackActive"  # 1 while the fallback drains the Poll API
@@ -55,10 +64,14 @@ class Metric(StrEnum):
 _UNITS: dict[Metric, MetricUnit] = {
     Metric.PUBLISH_LATENCY: MetricUnit.Milliseconds,
     Metric.STREAM_LAG: MetricUnit.Seconds,
+    Metric.CHAINS_RUNNING: MetricUnit.Count,
+    Metric.CHAINS_CONNECTED: MetricUnit.Count,
+    Metric.CHAINS_DOWN: MetricUnit.Count,
     Metric.CHECKPOINT_OFFSET: MetricUnit.NoUnit,
     Metric.STREAM_CONNECTED: MetricUnit.NoUnit,
     Metric.STREAM_HEALTHY: MetricUnit.NoUnit,
     Metric.FALLBACK_ACTIVE: MetricUnit.NoUnit,
+    Metric.MAX_STREAM_LAG: MetricUnit.Seconds,
 }
 
 
