@@ -11,13 +11,19 @@ field and never its value (event payloads carry personal data), so callers can p
 
 Two keys, two purposes (docs/event-format.md, "Which key to use"):
 
-- `event_id` is the event's identity as its source gives it: on the stream, chain + offset +
-  `uniqueEventId`; on the Poll API, chain + `businessEventId`. Distinct events always differ,
-  replays of one event are equal. The FIFO deduplication id, the claim-check object name and every
-  "already done" decision within one channel are derived from it.
+- `event_id` is the event's identity as its source gives it: on the stream, subscription +
+  offset + `uniqueEventId`; on the Poll API, subscription + `businessEventId`. Distinct events
+  always differ, replays of one event are equal. The FIFO deduplication id, the claim-check object
+  name and every "already done" decision within one channel are derived from it.
 - `event_key` is a content key: the same for one business change on both channels, and also the
   same for two changes that look alike (the same field set twice within a second). It only ever
   matches one change across the two channels, once per copy (`seen.SeenSet`).
+
+The subscription is the registry entry the event came through (`registry.Subscription.id`). It is
+the chain code unless told otherwise, and then every id and key is what it was before there were
+subscriptions. A subscription whose id is not its chain code (two OPERA environments with one
+chain code in one deployment) puts its id in the event ids, in the content key, and in the
+message as `subscriptionId` (docs/event-format.md, "Many chains in one deployment").
 
 Pure code: no I/O, no clock.
 """
@@ -73,6 +79,9 @@ MODULE_NUMBERS: Mapping[int, str] = dict(enumerate(MODULES))
 _MODULES_BY_LETTERS = {name.replace("_", ""): name for name in MODULES}
 
 _CHAIN_CODE = re.compile(r"^[A-Za-z0-9 _%#$&-]{1,20}$")
+# The ids `registry.SUBSCRIPTION_ID` accepts (no ":", so an event id names its subscription
+# unambiguously). Matched whole: `$` would also let a trailing newline through.
+_SUBSCRIPTION_ID = re.compile(r"[A-Za-z0-9 _%#$&-]{1,40}")
 _DIGITS = re.compile(r"^[0-9]+$")
 _SQS_ID = re.compile(r"^[!-~]{1,128}$")  # FIFO group/dedup ids: printable ASCII, no space
 # What SQS accepts in a message attribute value (the XML 1.0 characters): anything else, lone UTF-16
@@ -107,6 +116,7 @@ _NAMES: dict[str, str] = {}
 _MODULE_NAMES: dict[str, str] = {}
 _SCOPE_DATES: dict[str, str] = {}  # scope date as sent -> as published (a few hundred dates repeat)
 _CHAIN_CODES_SEEN: set[str] = set()
+_SUBSCRIPTIONS_SEEN: set[str] = set()
 
 
 class MalformedEvent(ValueError):
@@ -175,9 +185,17 @@ class CanonicalEvent:
     relayed_at: datetime
     detail: tuple[DetailElement, ...] = ()
     schema_version: int = SCHEMA_VERSION
+    # The registry subscription the event came through, only when its id is not `chain_code` (as
+    # needed when one deployment serves one chain code in two OPERA environments); None otherwise.
+    subscription_id: str | None = None
+
+    @property
+    def subscription(self) -> str:
+        """The subscription the event came through: `subscription_id`, or else the chain code."""
+        return self.chain_code if self.subscription_id is None else self.subscription_id
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "schemaVersion": self.schema_version,
             "eventKey": self.event_key,
             "eventId": self.event_id,
@@ -196,6 +214,12 @@ class CanonicalEvent:
             "relayedAt": format_instant(self.relayed_at),
             "detail": [element.to_dict() for element in self.detail],
         }
+        if self.subscription_id is None:
+            return out
+        # Only for a subscription whose id is not its chain code: right after `chainCode`.
+        items = list(out.items())
+        at = items.index(("chainCode", self.chain_code)) + 1
+        return dict([*items[:at], ("subscriptionId", self.subscription_id), *items[at:]])
 
     def to_json(self) -> str:
         """Compact JSON, keys in the documented order, ASCII only (always a valid SQS body)."""
@@ -229,17 +253,23 @@ class CanonicalEvent:
         if not isinstance(detail, list):
             raise MalformedEvent("detail")
         chain_code = _text(data.get("chainCode"), "chainCode")
+        subscription_id = _opt_text(data.get("subscriptionId"), "subscriptionId")
+        if subscription_id is not None and not _SUBSCRIPTION_ID.fullmatch(subscription_id):
+            raise MalformedEvent("subscriptionId")
+        if subscription_id == chain_code:  # the same as leaving it out
+            subscription_id = None
+        scope = chain_code if subscription_id is None else subscription_id
         offset = _opt_text(data.get("offset"), "offset")
         unique_event_id = _opt_text(data.get("uniqueEventId"), "uniqueEventId")
         business_event_id = _opt_text(data.get("businessEventId"), "businessEventId")
         event_id = _opt_text(data.get("eventId"), "eventId")
         if event_id is None:  # a message of a relay from before `eventId`: derived the same way
             if source == "stream" and offset is not None:
-                event_id = stream_event_id(chain_code, offset, unique_event_id)
+                event_id = stream_event_id(scope, offset, unique_event_id)
             elif source == "poll" and business_event_id is not None:
-                event_id = poll_event_id(chain_code, business_event_id)
+                event_id = poll_event_id(scope, business_event_id)
             else:  # a poll message of an older relay carries no source id: its content key stands in
-                event_id = f"{POLL_ID_PREFIX}{chain_code}:~{key}"
+                event_id = f"{POLL_ID_PREFIX}{scope}:~{key}"
         return cls(
             event_key=key,
             event_id=event_id,
@@ -257,6 +287,7 @@ class CanonicalEvent:
             occurred_at=_instant_field(data.get("occurredAt"), "occurredAt"),
             relayed_at=_instant_field(data.get("relayedAt"), "relayedAt"),
             detail=tuple(_detail_from_dict(item, i) for i, item in enumerate(detail)),
+            subscription_id=subscription_id,
         )
 
     def message_attributes(self) -> dict[str, dict[str, str]]:
@@ -306,6 +337,7 @@ _TOP_FIELDS = frozenset(
         "businessEventId",
         "source",
         "chainCode",
+        "subscriptionId",
         "hotelId",
         "moduleName",
         "eventName",
@@ -326,13 +358,20 @@ _TOP_FIELDS = frozenset(
 
 
 def from_stream(
-    new_event: Mapping[str, Any], chain_code: str, relayed_at: datetime, *, naive_tz: tzinfo = UTC
+    new_event: Mapping[str, Any],
+    chain_code: str,
+    relayed_at: datetime,
+    *,
+    naive_tz: tzinfo = UTC,
+    subscription: str | None = None,
 ) -> CanonicalEvent:
     """A Streaming API event as a canonical event.
 
     `new_event` is the `newEvent` object; a whole `next` frame or its `payload.data` is unwrapped.
     A timestamp without a zone is read in `naive_tz` (UTC unless told otherwise; use the same zone
     for both channels or the event keys of the two channels stop matching).
+    `subscription` is the registry entry's id (None: the chain code, the single-chain shape); the
+    event's identity is `stream:<subscription>:<offset>:<uniqueEventId>`.
     """
     event = _unwrap_stream(new_event)
     metadata = event.get("metadata")
@@ -364,7 +403,10 @@ def from_stream(
         offset=offset,
         unique_event_id=unique_event_id,
         business_event_id=None,
-        event_id=stream_event_id(chain_code, offset, unique_event_id),
+        event_id=stream_event_id(
+            chain_code if subscription is None else subscription, offset, unique_event_id
+        ),
+        subscription=subscription,
     )
 
 
@@ -375,14 +417,17 @@ def from_poll(
     *,
     naive_tz: tzinfo = UTC,
     stand_in_id: str | None = None,
+    subscription: str | None = None,
 ) -> CanonicalEvent:
     """One item of a Poll API `businessEventData` list as a canonical event.
 
     `createdDateTime` carries no zone; it is read in `naive_tz` (UTC unless told otherwise).
     The event's identity is its `businessEventId` (`{"id": "..."}`; a bare string or number is
-    read too). An item without one is still an event the Poll API has dequeued: it is published
-    under `stand_in_id` (the caller's unique token, for example a UUID, so that it can never be
-    merged with another event), and is malformed only when no stand-in is given.
+    read too), as `poll:<subscription>:<businessEventId>`. An item without one is still an event
+    the Poll API has dequeued: it is published under `stand_in_id` (the caller's unique token, for
+    example a UUID, so that it can never be merged with another event), as
+    `poll:<subscription>:~<stand_in_id>`, and is malformed only when no stand-in is given.
+    `subscription` is the registry entry's id (None: the chain code, the single-chain shape).
     """
     item = business_event_data_item
     if not isinstance(item, Mapping):
@@ -394,10 +439,11 @@ def from_poll(
     if not isinstance(header, Mapping):
         raise MalformedEvent("businessEvent.header")
     business_event_id = business_event_id_of(item)
+    scope = chain_code if subscription is None else subscription
     if business_event_id is not None:
-        event_id = poll_event_id(chain_code, business_event_id)
+        event_id = poll_event_id(scope, business_event_id)
     elif stand_in_id:
-        event_id = f"{POLL_ID_PREFIX}{chain_code}:~{stand_in_id}"
+        event_id = f"{POLL_ID_PREFIX}{scope}:~{stand_in_id}"
     else:
         raise MalformedEvent("businessEventId")
     return _build(
@@ -419,6 +465,7 @@ def from_poll(
         unique_event_id=None,
         business_event_id=business_event_id,
         event_id=event_id,
+        subscription=subscription,
     )
 
 
@@ -431,16 +478,19 @@ def business_event_id_of(item: Mapping[str, Any]) -> str | None:
     return _id_text(value, "businessEventId")
 
 
-def stream_event_id(chain_code: str, offset: str, unique_event_id: str | None) -> str:
-    """A stream event's identity: `stream:<chain>:<offset>:<uniqueEventId or nothing>`. The offset
-    identifies the event within the chain's log; `uniqueEventId` keeps two events apart if OHIP ever
-    numbers its log again from a lower offset (a reset)."""
-    return f"{STREAM_ID_PREFIX}{chain_code}:{offset}:{unique_event_id or ''}"
+def stream_event_id(subscription: str, offset: str, unique_event_id: str | None) -> str:
+    """A stream event's identity: `stream:<subscription>:<offset>:<uniqueEventId or nothing>`.
+    `subscription` is the chain code in the single-chain shape (and for every registry entry whose
+    id is its chain code). The offset identifies the event within the subscription's log (offsets
+    of two OPERA environments overlap); `uniqueEventId` keeps two events apart if OHIP ever numbers
+    its log again from a lower offset (a reset)."""
+    return f"{STREAM_ID_PREFIX}{subscription}:{offset}:{unique_event_id or ''}"
 
 
-def poll_event_id(chain_code: str, business_event_id: str) -> str:
-    """A Poll API event's identity: `poll:<chain>:<businessEventId>`."""
-    return f"{POLL_ID_PREFIX}{chain_code}:{business_event_id}"
+def poll_event_id(subscription: str, business_event_id: str) -> str:
+    """A Poll API event's identity: `poll:<subscription>:<businessEventId>` (`subscription` as for
+    `stream_event_id`)."""
+    return f"{POLL_ID_PREFIX}{subscription}:{business_event_id}"
 
 
 def deduplication_id(event_id: str) -> str:
@@ -486,12 +536,21 @@ def _build(
     unique_event_id: str | None,
     business_event_id: str | None,
     event_id: str,
+    subscription: str | None,
 ) -> CanonicalEvent:
     if type(chain_code) is not str or chain_code not in _CHAIN_CODES_SEEN:
         if not isinstance(chain_code, str) or not _CHAIN_CODE.match(chain_code):
             raise ValueError("chain_code must be 1-20 characters of A-Z a-z 0-9 space _ % # $ & -")
         if len(_CHAIN_CODES_SEEN) < _CACHE_LIMIT:
             _CHAIN_CODES_SEEN.add(chain_code)
+    if subscription is not None and (
+        type(subscription) is not str or subscription not in _SUBSCRIPTIONS_SEEN
+    ):
+        if not isinstance(subscription, str) or not _SUBSCRIPTION_ID.fullmatch(subscription):
+            raise ValueError("subscription must be 1-40 characters of A-Z a-z 0-9 space _ % # $ & -")
+        if len(_SUBSCRIPTIONS_SEEN) < _CACHE_LIMIT:
+            _SUBSCRIPTIONS_SEEN.add(subscription)
+    subscription_id = None if subscription == chain_code else subscription
     if relayed_at.tzinfo is None or relayed_at.utcoffset() is None:
         raise ValueError("relayed_at must be timezone-aware")
     stream = source == "stream"
@@ -520,6 +579,7 @@ def _build(
         publisher_id=publisher,
         occurred_at=occurred_at,
         detail=elements,
+        subscription_id=subscription_id,
     )
     return CanonicalEvent(
         event_key=key,
@@ -538,6 +598,7 @@ def _build(
         occurred_at=occurred_at,
         relayed_at=_millis(relayed_at.astimezone(UTC)),
         detail=elements,
+        subscription_id=subscription_id,
     )
 
 
@@ -844,6 +905,7 @@ def event_key(
     publisher_id: str | None,
     occurred_at: datetime,
     detail: Sequence[DetailElement],
+    subscription_id: str | None = None,
 ) -> str:
     """`v1-` + SHA-256 (hex) of what both channels carry for one business change:
 
@@ -851,6 +913,9 @@ def event_key(
     changed elements (name, scope from/to, old and new value) as a sorted set. Unchanged elements
     (listed by delta=false frames and by the Poll API) do not count. Module, offset,
     uniqueEventId and actionInstanceId/actionId are not used (see docs/event-format.md).
+    `subscription_id` (the message's `subscriptionId`: given only when the subscription is not the
+    chain code) is appended as an eighth item, so that the keys of two subscriptions never match;
+    without it the key is the single-chain key.
     """
     changed_set: set[tuple[str, str, str, str, str]] = set()
     for e in detail:
@@ -876,6 +941,8 @@ def event_key(
         instant,
         [list(element) for element in changed],
     ]
+    if subscription_id is not None:
+        material.append(subscription_id)
     encoded = dumps_ascii_bytes(material)
     return KEY_PREFIX + hashlib.sha256(encoded).hexdigest()
 

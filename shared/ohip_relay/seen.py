@@ -1,7 +1,8 @@
 """The seen-set: which changes the poll fallback published, so that the stream's replay of the same
 changes can be recognised, each poll copy cancelling at most one stream copy ("match once").
 
-One item per content key (`events.CanonicalEvent.event_key`), ``seen#<eventKey>``:
+One item per content key (`events.CanonicalEvent.event_key`), ``seen#<eventKey>``, or in fleet
+mode, where many subscriptions share the table, ``seen#<subscription id>#<eventKey>``:
 
 ``polled`` [SS]     the `eventId`s of the poll copies the fallback published with this key: added
                     by `record` only after SQS acknowledged them (never before: an event the
@@ -30,6 +31,14 @@ the queue carries at least as many copies of each content as OHIP produced event
 Cost: a record is one write request unit per published poll event (items stay well under 1 KB);
 a match is one write request unit per replayed stream event that occurred at or before the
 fallback's mark (`state.FallbackRecord.last_polled_occurred_at`), and nothing otherwise.
+
+Scope: the content key leaves the chain code out (docs/event-format.md, "The event key"), so
+two chains of one deployment can produce one key (the same hotel code, primary key, publisher,
+second and changed values in two OPERA environments). A seen-set shared by them would let one
+chain's poll copy suppress the other chain's stream copy: a loss. In fleet mode every seen-set is
+therefore given its subscription id (`subscription=`), for every subscription, whether or not its
+id is its chain code. Without it (the single-chain shape) the items are named as they always were.
+A stream consumer and a fallback that disagree on the scope never match: duplicates, never a loss.
 
 Errors: `SeenSetUnavailable` when DynamoDB cannot answer; `unknown` holds the keys whose fate is
 unknown, so that callers choose a duplicate (publish anyway; record later) over a loss.
@@ -74,7 +83,10 @@ class SeenSet:
         ttl_days: float = DEFAULT_TTL_DAYS,
         clock: Callable[[], float] = time.time,
         max_workers: int = 8,
+        subscription: str | None = None,
     ) -> None:
+        if subscription is not None and not subscription:
+            raise ValueError("subscription must not be empty")
         if ttl_days <= 7:
             raise ValueError("ttl_days must exceed OHIP's 7-day retention")
         if max_workers < 1:
@@ -84,10 +96,12 @@ class SeenSet:
         self._ttl = ttl_days * 86400.0
         self._clock = clock
         self._max_workers = max_workers
+        self._prefix = SEEN_PREFIX if subscription is None else f"{SEEN_PREFIX}{subscription}#"
 
-    @staticmethod
-    def item_key(event_key: str) -> str:
-        return f"{SEEN_PREFIX}{event_key}"
+    def item_key(self, event_key: str) -> str:
+        """`seen#<eventKey>`, or `seen#<subscription>#<eventKey>` for a scoped seen-set (content
+        keys hold no "#", so the two forms never name one item)."""
+        return f"{self._prefix}{event_key}"
 
     def record(self, copies: Iterable[tuple[str, str]]) -> None:
         """Record poll copies SQS acknowledged: (content key, poll `eventId`) pairs.
