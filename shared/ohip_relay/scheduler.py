@@ -269,7 +269,6 @@ class FleetParts:
     dynamodb: Any
     http: httpx.AsyncClient
     s3: Any = None
-    seen: SeenSet | None = None
     read_secret: Callable[[Settings], Settings] | None = None  # settings with the secret's values
 
 
@@ -308,7 +307,6 @@ class Scheduler:
         self._tokens: dict[tuple[str, ...], AsyncTokenProvider] = {}
         self._credentials: dict[str, Settings] = {}  # secret ARN -> settings with its values
         self._secret_problems: dict[str, str] = {}
-        self._sessions_ended = asyncio.Event()
         self._retried_reported = 0
 
     # -- public -----------------------------------------------------------------------------
@@ -502,8 +500,8 @@ class Scheduler:
         self.held[chain] = held
         try:
             settings = await self._settings_for(subscription)
-        except (ConfigError, StartupError) as exc:
-            message = str(exc)
+        except Exception as exc:  # ConfigError for a secret it cannot read; anything else likewise
+            message = one_line(exc)
             if self._secret_problems.get(chain) != message:
                 log.error("chain %s cannot be streamed: %s", chain, message)
                 self._secret_problems[chain] = message
@@ -522,11 +520,19 @@ class Scheduler:
             telemetry=ChainTelemetry(self.telemetry),
             options=self.stream_options,
             owner=self.me,
-            seen=self.parts.seen,
+            # Scoped by subscription: two chains' content keys may be equal, and one chain's poll
+            # copy must never suppress another chain's stream copy (seen.py).
+            seen=SeenSet(
+                self.parts.dynamodb,
+                settings.table_name,
+                ttl_days=settings.seen_ttl_days,
+                subscription=chain,
+            ),
             s3=self.parts.s3,
             managed=ManagedLease(acquired.completed_at, self.options.clock_allowance),
             threads=self._threads,
             subscription=chain,
+            reload_credentials=lambda: self._reload_secret(settings),
         )
         publisher.on_ack = session.on_published
         publisher.on_failure = session.on_publish_failure
@@ -605,8 +611,6 @@ class Scheduler:
         chain = held.subscription.id
         if self.held.get(chain) is held:
             del self.held[chain]
-        if not self.held:
-            self._sessions_ended.set()
 
     async def _stop_all(self) -> None:
         for chain in list(self.held):
@@ -655,6 +659,17 @@ class Scheduler:
         return replace(
             base, client_id=cached.client_id, client_secret=cached.client_secret, app_key=cached.app_key
         )
+
+    def _reload_secret(self, settings: Settings) -> Settings:
+        """After OHIP refused a session's credentials: read its secret again (a corrected secret is
+        used without a restart, as in the single-chain shape) and keep it for later sessions.
+        Runs in a thread (`StreamConsumer` calls it so)."""
+        read = self.parts.read_secret
+        if read is None or not settings.secret_arn:
+            return settings
+        fresh = read(replace(settings, client_id="", client_secret="", app_key=""))
+        self._credentials[settings.secret_arn] = fresh
+        return fresh
 
     def _tokens_for(self, settings: Settings) -> AsyncTokenProvider:
         key = (
@@ -866,7 +881,6 @@ async def open_scheduler(
             dynamodb=dynamodb,
             http=http,
             s3=s3,
-            seen=SeenSet(dynamodb, settings.table_name, ttl_days=settings.seen_ttl_days),
             read_secret=resolve_secrets,
         )
         scheduler = Scheduler(settings, parts, options=options, stream_options=opts, worker_id=worker_id)

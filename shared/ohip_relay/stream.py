@@ -813,11 +813,9 @@ class StreamConsumer:
             await self._submit_unless_lease_lost(message)
 
     def _canonical(self, event: proto.EventReceived) -> CanonicalEvent:
-        when = datetime.now(UTC)
-        if self.subscription == self.settings.chain_code:
-            return from_stream(event.new_event, self.settings.chain_code, when)
-        # TODO(identity): scoped ids once events.from_stream takes `subscription`.
-        return from_stream(event.new_event, self.settings.chain_code, when)
+        return from_stream(
+            event.new_event, self.settings.chain_code, datetime.now(UTC), subscription=self.subscription
+        )
 
     async def _submit_unless_lease_lost(self, message: OutboundMessage) -> None:
         """`submit` while the publisher is full (SQS slow or down): the wait ends early when the
