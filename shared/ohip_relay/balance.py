@@ -491,11 +491,14 @@ def worker_items(
     *,
     started_at: float,
     max_item_bytes: int = WORKER_ITEM_BUDGET,
+    expires_at: float | None = None,
 ) -> list[dict[str, Any]]:
     """The worker's heartbeat as DynamoDB items (attribute-value form), each at most
     `max_item_bytes` by DynamoDB's size rules: usually one, `worker#<id>`; the chains that do not
     fit go to `worker#<id>#1`, `#2`... Every part carries the heartbeat time and the part count;
     the first also `totals` (chains by state) and `worst` (the chains to look at first).
+    `expires_at`: the table's TTL attribute (`expiresAt`, epoch seconds) on every part, so that
+    DynamoDB removes what a worker that vanished left behind (a further part a forget missed).
     """
     if not worker:
         raise ValueError("worker must not be empty")
@@ -516,6 +519,8 @@ def worker_items(
             "startedAt": {"N": _fmt(started_at)},
             "chains": {"M": {}},
         }
+        if expires_at is not None:
+            item["expiresAt"] = {"N": str(int(expires_at))}
         if part == 0:
             item["totals"] = {"M": {state: {"N": str(count)} for state, count in sorted(totals.items())}}
             item["worst"] = {"L": [{"S": chain} for chain in worst]}

@@ -84,6 +84,10 @@ log = logging.getLogger("ohip_relay.scheduler")
 
 _T = TypeVar("_T")
 
+# A worker item outlives its last write by this long, then DynamoDB's TTL removes it: far above
+# `forget_after` (the others forget a silent worker after 10 minutes), so only leftovers go this way.
+WORKER_ITEM_TTL = 86400.0
+
 # Threads for the sessions' DynamoDB and S3 calls (checkpoints, fallback marks, seen-set, parking).
 SESSION_THREADS = 32
 
@@ -748,7 +752,9 @@ class Scheduler:
 
     async def _write_worker(self) -> None:
         now = time.time()
-        items = worker_items(self.me, now, self.summaries(), started_at=self._started_at)
+        items = worker_items(
+            self.me, now, self.summaries(), started_at=self._started_at, expires_at=now + WORKER_ITEM_TTL
+        )
         await self._control_call(self.parts.fleet.put_worker, items)
 
     def _note_states(self, now: float) -> None:

@@ -514,6 +514,18 @@ def test_the_worker_item_is_split_when_it_would_pass_the_budget() -> None:
     assert dict(read_worker_items(reversed(items))["task-1"].chains) == chains_run
 
 
+def test_every_part_of_a_worker_item_carries_the_ttl_and_still_fits() -> None:
+    chains_run = summaries(300)
+    items = worker_items(
+        "task-1", NOW, chains_run, started_at=NOW, max_item_bytes=4096, expires_at=NOW + 86400.7
+    )
+    assert len(items) > 1
+    assert {item["expiresAt"]["N"] for item in items} == {str(int(NOW + 86400.7))}
+    assert all(item_size(item) <= 4096 for item in items)
+    assert dict(read_worker_items(items)["task-1"].chains) == chains_run
+    assert "expiresAt" not in worker_items("task-1", NOW, chains_run, started_at=NOW)[0]
+
+
 def test_a_torn_or_partial_worker_item_is_read_as_incomplete() -> None:
     items = worker_items("w", NOW, summaries(300), started_at=NOW, max_item_bytes=4096)
     assert not read_worker_items(items[:-1])["w"].complete
