@@ -97,7 +97,9 @@ class SchedulerOptions:
     lease_seconds: float = 30.0  # D
     renew_interval: float = 10.0  # I: one renewal batch, then the worker item
     pass_interval: float = 10.0  # P: one balancing pass
-    metrics_interval: float = 10.0
+    # The fleet gauges are one value per task per minute: the dashboard sums them over a minute
+    # across tasks, so a task must write each once a minute, not every 10 s (counters sum either way).
+    metrics_interval: float = 60.0
     summary_interval: float = 60.0  # one line on the fleet's state (with the worst chains)
     clock_allowance: float = 1.0  # added to the 10 s after another task's `complete`
     retake_after_failure: float = 60.0  # a session that ended on an error: not taken again here before
