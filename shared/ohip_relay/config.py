@@ -115,6 +115,7 @@ class Settings:
     enriched_queue_url: str = ""
     enrich_routes: str = ""  # path of a routing file; "" means the packaged default
     enrich_concurrency: int = 4
+    poll_concurrency: int = 4  # fleet mode: chains the poll fallback ticks at once per invocation
     log_format: LogFormat = LogFormat.TEXT
     metrics_output: MetricsOutput = MetricsOutput.AUTO
     # Many chains in one deployment (docs/fleet-design.md): the chains come from the registry in
@@ -200,6 +201,7 @@ class Settings:
             ),
             enrich_routes=reader.text("OHIP_ENRICH_ROUTES"),
             enrich_concurrency=reader.integer("RELAY_ENRICH_CONCURRENCY", default=4, low=1, high=32),
+            poll_concurrency=reader.integer("RELAY_POLL_CONCURRENCY", default=4, low=1, high=16),
             log_format=log_format_from_env(env),
             metrics_output=reader.choice("RELAY_METRICS", MetricsOutput, MetricsOutput.AUTO),
             fleet=fleet,

@@ -78,10 +78,12 @@ from .telemetry import Metric, Telemetry
 
 if TYPE_CHECKING:
     import httpx
+    from mypy_boto3_dynamodb.client import DynamoDBClient
     from mypy_boto3_s3.client import S3Client
     from mypy_boto3_sqs.client import SQSClient
     from mypy_boto3_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
 
+    from .auth import SyncTokenProvider
     from .config import Settings
 
 log = logging.getLogger("ohip_relay.fallback")
@@ -534,7 +536,15 @@ class _Delivery:
 
 class PollFallback:
     """One chain's poll fallback. `tick(remaining)` runs one tick; `remaining()` returns the seconds
-    left before the invocation must end (the Lambda context's remaining time)."""
+    left before the invocation must end (the Lambda context's remaining time).
+
+    `subscription_id`: the registry entry this chain is polled for (None: the chain code, the
+    single-chain shape); its events carry it (`events.from_poll(subscription=...)`).
+    `in_fleet`: one of many chains of one invocation (fleet_fallback.py). The fleet judged the
+    chain already and gives the decision to `tick`; it reports health as fleet-wide counts, so the
+    tick sets no per-chain gauge, and it logs only the lines that matter per chain (the fallback
+    activated or deactivated, errors), each naming the subscription (text and field
+    `subscription`); the rest goes to debug."""
 
     def __init__(
         self,
@@ -550,8 +560,12 @@ class PollFallback:
         thresholds: HealthThresholds | None = None,
         options: FallbackOptions | None = None,
         clock: Callable[[], float] = time.time,
+        subscription_id: str | None = None,
+        in_fleet: bool = False,
     ) -> None:
         self.chain_code = chain_code
+        self.subscription_id = subscription_id
+        self.in_fleet = in_fleet
         self.targets: tuple[str | None, ...] = tuple(hotel_ids) or (None,)
         self.poll = poll
         self.state = state
@@ -565,19 +579,23 @@ class PollFallback:
 
     # -- the tick -------------------------------------------------------------------------------
 
-    def tick(self, remaining: Callable[[], float]) -> TickReport:
+    def tick(self, remaining: Callable[[], float], *, decision: FallbackDecision | None = None) -> TickReport:
+        """One tick. `decision`: the verdict someone already reached at this tick (the fleet judged
+        every chain from batched reads, fleet_health.py); None: read `heartbeat#<chain>` and
+        `fallback#<chain>` and decide here."""
         report = TickReport()
         now = self.clock()
-        try:
-            record, heartbeat = self.state.get_fallback(), self.state.get_heartbeat()
-            decision = decide(record, heartbeat, now, self.thresholds)
-        except StateStoreError as exc:
-            # Without the heartbeat there is no verdict; the stream needs the same table, so the
-            # likeliest cause is ours. Poll nothing: OHIP keeps the events queued.
-            self._error(report, f"state table unreadable ({exc.code})")
-            report.ended = "state-error"
-            return report
-        report.never_seen = record is None and heartbeat is None
+        if decision is None:
+            try:
+                record, heartbeat = self.state.get_fallback(), self.state.get_heartbeat()
+                decision = decide(record, heartbeat, now, self.thresholds)
+            except StateStoreError as exc:
+                # Without the heartbeat there is no verdict; the stream needs the same table, so the
+                # likeliest cause is ours. Poll nothing: OHIP keeps the events queued.
+                self._error(report, f"state table unreadable ({exc.code})")
+                report.ended = "state-error"
+                return report
+            report.never_seen = record is None and heartbeat is None
         self._note_decision(report, decision)
         self._save(decision.record, report, now, counters=False)
         try:
@@ -598,12 +616,17 @@ class PollFallback:
         report.started = decision.started
         report.stopped = decision.stopped
         report.reason = decision.health.reason
-        self.telemetry.gauge(Metric.STREAM_HEALTHY, 1.0 if report.healthy else 0.0)
-        self.telemetry.gauge(Metric.FALLBACK_ACTIVE, 1.0 if report.active else 0.0)
+        if not self.in_fleet:
+            self.telemetry.gauge(Metric.STREAM_HEALTHY, 1.0 if report.healthy else 0.0)
+            self.telemetry.gauge(Metric.FALLBACK_ACTIVE, 1.0 if report.active else 0.0)
         if decision.started:
-            log.warning("poll fallback activated: stream %s", decision.health.reason)
+            self._log(logging.WARNING, "poll fallback activated: stream %s", decision.health.reason)
         elif decision.stopped:
-            log.info("poll fallback deactivated: stream healthy for %.0fs", self.thresholds.recover_seconds)
+            self._log(
+                logging.INFO,
+                "poll fallback deactivated: stream healthy for %.0fs",
+                self.thresholds.recover_seconds,
+            )
 
     def _save(self, record: FallbackRecord, report: TickReport, now: float, *, counters: bool) -> None:
         try:
@@ -614,7 +637,22 @@ class PollFallback:
     def _error(self, report: TickReport, text: str) -> None:
         report.errors.append(text)
         self.telemetry.count(Metric.POLL_ERRORS)
-        log.error("poll tick: %s", text)
+        self._log(logging.ERROR, "poll tick: %s", text)
+
+    def _log(self, level: int, message: str, *args: object, chatter: bool = False) -> None:
+        """A line about this chain. In a fleet it names the subscription, and `chatter` (what every
+        tick says, page by page) goes to debug: per chain only changes and errors are logged."""
+        if not self.in_fleet:
+            log.log(level, message, *args)
+            return
+        subscription = self.subscription_id or self.chain_code
+        log.log(
+            logging.DEBUG if chatter else level,
+            "[%s] " + message,
+            subscription,
+            *args,
+            extra={"subscription": subscription},
+        )
 
     def _time_left(self, remaining: Callable[[], float]) -> float:
         """Seconds a new step may use; raises `_StopTick("time")` under the safety margin."""
@@ -668,7 +706,13 @@ class PollFallback:
             if delivery.unparked:
                 self._error(report, f"spilled page {key}: {len(left)} item(s) could not be parked")
                 raise _StopTick("spill-store-error")
-            log.info("spilled page %s re-delivered (%d events)", key, len(delivery.acknowledged))
+            self._log(
+                logging.INFO,
+                "spilled page %s re-delivered (%d events)",
+                key,
+                len(delivery.acknowledged),
+                chatter=True,
+            )
 
     # -- draining ---------------------------------------------------------------------------------
 
@@ -699,11 +743,13 @@ class PollFallback:
                     self._hand_on(report, items)
                 else:
                     report.discarded += len(items)
-                    log.info(
+                    self._log(
+                        logging.INFO,
                         "discarded %d polled events: the stream is judged healthy (%s) and delivers them "
                         "itself, live or by replay from its checkpoint",
                         len(items),
                         report.reason,
+                        chatter=True,
                     )
         report.ended = "empty"
 
@@ -722,7 +768,8 @@ class PollFallback:
         self._record(delivery.acknowledged)  # last: nothing is recorded before SQS has it
         if failure is not None:
             ids = ", ".join(item.event.event_id for item in delivery.unsent)
-            log.critical(
+            self._log(
+                logging.CRITICAL,
                 "%d polled items could be neither sent to SQS (%s) nor spilled to S3 (%s): event ids %s",
                 len(left),
                 delivery.code or "-",
@@ -752,7 +799,9 @@ class PollFallback:
             # The identity of an item without businessEventId: its spilled stand-in, else a new one.
             stand_in = (given or uuid.uuid4().hex) if _lacks_business_event_id(raw) else None
             try:
-                event = from_poll(raw, self.chain_code, relayed_at, stand_in_id=stand_in)
+                event = from_poll(
+                    raw, self.chain_code, relayed_at, stand_in_id=stand_in, subscription=self.subscription_id
+                )
             except MalformedEvent as exc:
                 page.malformed.append((raw, exc.field))
                 continue
@@ -810,7 +859,8 @@ class PollFallback:
         try:
             self.seen.record((item.event.event_key, item.event.event_id) for item in acknowledged)
         except SeenSetUnavailable as exc:
-            log.warning(
+            self._log(
+                logging.WARNING,
                 "seen-set unavailable (%s): %d of %d published event(s) may not be recorded; "
                 "the stream publishes its copies too",
                 exc.code,
@@ -822,19 +872,21 @@ class PollFallback:
             self.state.advance_fallback_mark(newest)
         except StateStoreError as exc:
             # The stream may then not look these up in the seen-set: duplicates, never loss.
-            log.warning("cannot raise the fallback mark (%s)", exc.code)
+            self._log(logging.WARNING, "cannot raise the fallback mark (%s)", exc.code)
 
     def _park(self, report: TickReport, items: list[Any], reason: str, where: str) -> bool:
         """Park raw items under `malformed/` and count them; False when S3 did not take them."""
         report.malformed += len(items)
         self.telemetry.count(Metric.MALFORMED_EVENTS, len(items))
-        log.warning("%d poll item(s) from %s cannot be published (%s)", len(items), where, reason)
+        self._log(
+            logging.WARNING, "%d poll item(s) from %s cannot be published (%s)", len(items), where, reason
+        )
         try:
             key = self.spill.park_malformed(items, reason)
         except (ClientError, BotoCoreError) as exc:
             self._error(report, f"cannot park {len(items)} item(s) ({classify_error(exc)[1]})")
             return False
-        log.warning("poll item(s) parked in s3 %s", key)
+        self._log(logging.WARNING, "poll item(s) parked in s3 %s", key)
         return True
 
     def _park_body(self, report: TickReport, body: bytes, reason: str) -> bool:
@@ -869,41 +921,94 @@ def open_fallback(
     client = http or httpx.Client(timeout=httpx.Timeout(opts.request_timeout_s), trust_env=False)
     try:
         tokens = SyncTokenProvider(OAuthParams.from_settings(settings), client, clock=time.time)
-        yield PollFallback(
-            chain_code=settings.chain_code,
-            hotel_ids=settings.hotel_ids,
-            poll=PollClient(
-                client,
-                tokens,
-                gateway_url=settings.gateway_url,
-                app_key=settings.app_key,
-                external_system=settings.external_system,
-                chain_code=settings.chain_code,
-            ),
-            state=StateStore(dynamodb, settings.table_name, settings.chain_code),
-            seen=SeenSet(dynamodb, settings.table_name, ttl_days=settings.seen_ttl_days, clock=clock),
-            sender=SqsBatchSender(
-                sqs,
-                settings.queue_url,
-                s3=s3,
-                claim_check_bucket=settings.bucket_name,
-                claim_check_prefix=opts.claim_check_prefix,
-                attempts=opts.send_attempts,
-                retry_delay_s=opts.retry_delay_s,
-            ),
-            spill=SpillStore(s3, settings.bucket_name, settings.chain_code, clock=clock),
-            telemetry=telemetry,
-            thresholds=HealthThresholds(
-                stale_seconds=settings.health_stale_seconds,
-                grace_seconds=settings.health_grace_seconds,
-                recover_seconds=settings.health_recover_seconds,
-            ),
+        yield build_fallback(
+            settings,
+            telemetry,
+            s3=s3,
+            dynamodb=dynamodb,
+            sender=batch_sender(settings, sqs, s3, opts),
+            http=client,
+            tokens=tokens,
             options=opts,
             clock=clock,
         )
     finally:
         if http is None:
             client.close()
+
+
+def build_fallback(
+    settings: Settings,
+    telemetry: Telemetry,
+    *,
+    s3: S3Client,
+    dynamodb: DynamoDBClient,
+    sender: SqsBatchSender,
+    http: httpx.Client,
+    tokens: SyncTokenProvider,
+    options: FallbackOptions,
+    clock: Callable[[], float] = time.time,
+    subscription_id: str | None = None,
+    in_fleet: bool = False,
+) -> PollFallback:
+    """One chain's fallback from its settings (secrets resolved) and parts that several chains of
+    one invocation may share (AWS clients, the sender, the HTTP client, a token provider per OAuth
+    client). With `subscription_id` (fleet mode) its state items, seen-set entries and spill are
+    the subscription's (`fallback#<id>`, `seen#<id>#...`, `spill/<id>/`); without, the chain
+    code's, as they always were."""
+    scope = subscription_id or settings.chain_code
+    return PollFallback(
+        chain_code=settings.chain_code,
+        hotel_ids=settings.hotel_ids,
+        poll=PollClient(
+            http,
+            tokens,
+            gateway_url=settings.gateway_url,
+            app_key=settings.app_key,
+            external_system=settings.external_system,
+            chain_code=settings.chain_code,
+        ),
+        state=StateStore(dynamodb, settings.table_name, scope),
+        seen=SeenSet(
+            dynamodb,
+            settings.table_name,
+            ttl_days=settings.seen_ttl_days,
+            clock=clock,
+            subscription=subscription_id,
+        ),
+        sender=sender,
+        spill=SpillStore(s3, settings.bucket_name, scope, clock=clock),
+        telemetry=telemetry,
+        thresholds=health_thresholds(settings),
+        options=options,
+        clock=clock,
+        subscription_id=subscription_id,
+        in_fleet=in_fleet,
+    )
+
+
+def batch_sender(
+    settings: Settings, sqs: SQSClient, s3: S3Client, options: FallbackOptions
+) -> SqsBatchSender:
+    """The fallback's sender to the relay queue, claim checks in the bucket (thread-safe: the chains
+    of one fleet invocation share one)."""
+    return SqsBatchSender(
+        sqs,
+        settings.queue_url,
+        s3=s3,
+        claim_check_bucket=settings.bucket_name,
+        claim_check_prefix=options.claim_check_prefix,
+        attempts=options.send_attempts,
+        retry_delay_s=options.retry_delay_s,
+    )
+
+
+def health_thresholds(settings: Settings) -> HealthThresholds:
+    return HealthThresholds(
+        stale_seconds=settings.health_stale_seconds,
+        grace_seconds=settings.health_grace_seconds,
+        recover_seconds=settings.health_recover_seconds,
+    )
 
 
 # A tick holds events the Poll API has already removed until SQS or S3 took them, inside a Lambda

@@ -120,3 +120,11 @@ def test_sqs_transport_defaults_to_http_and_accepts_boto3() -> None:
     assert settings.sqs_transport is SqsTransport.BOTO3
     with pytest.raises(ConfigError, match=r"^RELAY_SQS_TRANSPORT: expected one of http, boto3"):
         Settings.from_env({**FULL, "RELAY_SQS_TRANSPORT": "grpc"}, Need.STREAM)
+
+
+@pytest.mark.parametrize("value", ["0", "17", "four", "2.5", "-1"])
+def test_poll_concurrency_is_a_bounded_whole_number(value: str) -> None:
+    assert Settings.from_env(FULL, Need.POLL).poll_concurrency == 4
+    assert Settings.from_env({**FULL, "RELAY_POLL_CONCURRENCY": "16"}, Need.POLL).poll_concurrency == 16
+    with pytest.raises(ConfigError, match=r"^RELAY_POLL_CONCURRENCY: expected a whole number from 1 to 16"):
+        Settings.from_env({**FULL, "RELAY_POLL_CONCURRENCY": value}, Need.POLL)
