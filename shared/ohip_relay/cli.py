@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .config import Need, Settings
     from .health import StreamHealth
     from .state import Checkpoint, FallbackRecord, Heartbeat, Lease
+    from .telemetry import Telemetry
 
 EXIT_OK = 0
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -86,6 +87,8 @@ def _poll(args: argparse.Namespace) -> int:
 
     settings = _settings(args, Need.OHIP, Need.POLL, Need.AWS, secrets=True)
     telemetry = Telemetry(service="poll", emit=settings.emit_metrics)
+    if settings.fleet:
+        return _poll_fleet(args, settings, telemetry)
     try:
         with open_fallback(settings, telemetry) as fallback:
             report = fallback.tick(deadline_after(args.time_limit))
@@ -102,6 +105,28 @@ def _poll(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return EXIT_FAILED if report.errors else EXIT_OK
+
+
+def _poll_fleet(args: argparse.Namespace, settings: Settings, telemetry: Telemetry) -> int:
+    """`ohip-relay poll` with RELAY_FLEET=true: one tick of the fleet's fallback (this shard of the
+    registry's enabled chains), its one-line summary on stdout."""
+    from .fallback import deadline_after
+    from .fleet_fallback import open_fleet_fallback
+    from .fleet_health import Shard
+
+    try:
+        shard = Shard(args.shard, args.shards)
+    except ValueError as exc:
+        raise CommandError(f"--shard/--shards: {exc}") from None
+    try:
+        with open_fleet_fallback(settings, telemetry) as fleet:
+            report = fleet.tick(deadline_after(args.time_limit), shard)
+    finally:
+        telemetry.flush()
+    print(report.summary())
+    for line in report.at_risk:
+        print(f"ohip-relay: poll: events at risk: {line}", file=sys.stderr)
+    return EXIT_FAILED if report.error_count else EXIT_OK
 
 
 def status_report(
@@ -189,14 +214,19 @@ def _status(args: argparse.Namespace) -> int:
     from .runtime import aws_client
     from .state import StateStore
 
-    settings = _settings(args, Need.STREAM, Need.AWS)
+    # --chain names the chain (single-chain shape) or the subscription (fleet) instead of OHIP_CHAIN_CODE.
+    settings = _settings(args, *((Need.AWS,) if args.chain else (Need.STREAM, Need.AWS)))
     # A status query is one-shot: short timeouts and one retry, and botocore's retries not logged.
     if not args.verbose:
         logging.getLogger("ohip_relay.aws").setLevel(logging.ERROR)
     quick = Config(retries={"mode": "standard", "total_max_attempts": 2}, connect_timeout=5, read_timeout=10)
-    store = StateStore(
-        aws_client(settings, "dynamodb", config=quick), settings.table_name, settings.chain_code
-    )
+    dynamodb = aws_client(settings, "dynamodb", config=quick)
+    if settings.fleet:
+        from .fleet_status import status_command
+
+        return status_command(dynamodb, settings, chain=args.chain, as_json=args.json)
+    chain = args.chain or settings.chain_code
+    store = StateStore(dynamodb, settings.table_name, chain)
     now = time.time()
     checkpoint = store.get_checkpoint()
     heartbeat = store.get_heartbeat()
@@ -212,20 +242,29 @@ def _status(args: argparse.Namespace) -> int:
         ),
         seen_down_since=fallback.stream_down_since if fallback else None,
     )
-    report = status_report(settings.chain_code, checkpoint, heartbeat, lease, fallback, health, now)
+    report = status_report(chain, checkpoint, heartbeat, lease, fallback, health, now)
     if args.json:
         print(json.dumps(report))
     elif report["seen"]:
         print("\n".join(render_status(report)))
     if not report["seen"]:
         print(
-            f"ohip-relay: status: chain {settings.chain_code} has never been seen in table "
+            f"ohip-relay: status: chain {chain} has never been seen in table "
             f"{settings.table_name} (no checkpoint, heartbeat, lease or fallback record): start "
             "`ohip-relay stream` for it, or check OHIP_CHAIN_CODE and RELAY_TABLE_NAME",
             file=sys.stderr,
         )
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _subscription_id(text: str) -> str:
+    """An argparse type: a subscription id as the registry allows it."""
+    from .registry import SUBSCRIPTION_ID, SUBSCRIPTION_ID_EXPECTED
+
+    if not SUBSCRIPTION_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"expected {SUBSCRIPTION_ID_EXPECTED} (got {text!r})")
+    return text
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -261,10 +300,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds the tick may take, 1 to 900 (default 60)",
     )
+    poll.add_argument(
+        "--shard", type=int, default=0, help="fleet mode: the shard of the registry to poll (default 0)"
+    )
+    poll.add_argument(
+        "--shards", type=int, default=1, help="fleet mode: how many shards there are (default 1)"
+    )
     poll.set_defaults(handler=_poll)
 
-    status = commands.add_parser("status", help="print checkpoint, heartbeat, lag and lease")
+    status = commands.add_parser(
+        "status",
+        help="print checkpoint, heartbeat, lag and lease; with RELAY_FLEET=true, every subscription of the "
+        "registry in one table",
+    )
     status.add_argument("--json", action="store_true", help="one JSON object")
+    status.add_argument(
+        "--chain",
+        metavar="ID",
+        type=_subscription_id,
+        help="one subscription in detail (fleet), or this chain instead of OHIP_CHAIN_CODE (single chain)",
+    )
     status.set_defaults(handler=_status)
 
     doctor = commands.add_parser(

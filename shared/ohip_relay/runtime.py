@@ -83,18 +83,18 @@ def aws_credentials(settings: Settings) -> Credentials | None:
     return boto3.session.Session(region_name=settings.aws_region or None).get_credentials()
 
 
-def resolve_secrets(settings: Settings) -> Settings:
+def resolve_secrets(settings: Settings, *, client: Any = None) -> Settings:
     """With OHIP_SECRET_ARN set, read clientId, clientSecret and appKey from Secrets Manager.
 
     The secret is a JSON object with those three keys. Values already given in the environment win,
-    so that a local run can override one of them.
+    so that a local run can override one of them. `client`: the Secrets Manager client to use (a
+    fleet task builds one at start and reads every registry entry's secret with it).
     """
     if not settings.secret_arn:
         return settings
+    secrets = client if client is not None else aws_client(settings, "secretsmanager")
     try:
-        raw = aws_client(settings, "secretsmanager").get_secret_value(SecretId=settings.secret_arn)[
-            "SecretString"
-        ]
+        raw = secrets.get_secret_value(SecretId=settings.secret_arn)["SecretString"]
     except (BotoCoreError, ClientError) as exc:
         raise ConfigError(f"OHIP_SECRET_ARN: cannot read the secret ({type(exc).__name__})") from exc
     try:

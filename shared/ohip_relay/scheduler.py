@@ -36,6 +36,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -105,6 +107,9 @@ class SchedulerOptions:
     retake_after_failure: float = 60.0  # a session that ended on an error: not taken again here before
     guard_interval: float = 0.5
     release_attempts: int = 3
+    # Touched after every renewal tick: the container health check's sign that the event loop
+    # runs (template.yaml; a hung loop renews nothing and its chains move, but ECS should replace it).
+    alive_file: str | None = None
     balance: BalanceConfig = field(default_factory=BalanceConfig)
 
     def __post_init__(self) -> None:
@@ -114,9 +119,14 @@ class SchedulerOptions:
             raise ValueError("balance.lease_seconds must equal lease_seconds")
 
 
+#: Where `ohip-relay stream` in fleet mode shows it is alive (the task's health check reads its age).
+ALIVE_FILE = "/tmp/ohip-relay-fleet.alive"  # noqa: S108 - a marker with no content, in the task's own /tmp
+
+
 def options_from(settings: Settings) -> SchedulerOptions:
     lease = settings.lease_seconds
     return SchedulerOptions(
+        alive_file=ALIVE_FILE,
         lease_seconds=lease,
         renew_interval=lease / 3,
         pass_interval=lease / 3,
@@ -695,6 +705,8 @@ class Scheduler:
     # -- renewals, the guard, the worker item --------------------------------------------------
 
     async def _renew_tick(self) -> None:
+        if self.options.alive_file:  # first: the loop's liveness, whatever DynamoDB does
+            await asyncio.to_thread(Path(self.options.alive_file).touch)
         chains = sorted(self.held)
         now = time.time()
         if chains:
@@ -853,15 +865,16 @@ async def open_scheduler(
         )
     http_transport = settings.sqs_transport is SqsTransport.HTTP
 
-    def blocking_parts() -> tuple[Any, Any, Any, Any]:
+    def blocking_parts() -> tuple[Any, Any, Any, Any, Any]:
         return (
             aws_client(settings, "sqs", config=PUBLISHER_BOTO_CONFIG),
             aws_client(settings, "s3"),
             aws_client(settings, "dynamodb", config=STATE_BOTO_CONFIG),
+            aws_client(settings, "secretsmanager"),
             aws_credentials(settings) if http_transport else None,
         )
 
-    sqs, s3, dynamodb, credentials = await asyncio.to_thread(blocking_parts)
+    sqs, s3, dynamodb, secrets_client, credentials = await asyncio.to_thread(blocking_parts)
     transport = (
         SqsHttpTransport(
             sqs, credentials, connect_timeout=PUBLISH_CONNECT_TIMEOUT, read_timeout=PUBLISH_READ_TIMEOUT
@@ -889,7 +902,7 @@ async def open_scheduler(
             dynamodb=dynamodb,
             http=http,
             s3=s3,
-            read_secret=resolve_secrets,
+            read_secret=partial(resolve_secrets, client=secrets_client),
         )
         scheduler = Scheduler(settings, parts, options=options, stream_options=opts, worker_id=worker_id)
         try:

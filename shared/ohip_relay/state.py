@@ -199,6 +199,43 @@ class FallbackRecord:
         return int(self.counters.get(name, 0))
 
 
+def decode_checkpoint(item: Mapping[str, Any] | None) -> Checkpoint | None:
+    """A `checkpoint#<chain>` item as read (`GetItem` or `batch_get_items`); None when there is
+    none. `ValueError` for an offset outside the documented form."""
+    if item is None or "offset" not in item:
+        return None
+    try:
+        offset = _int(item["offset"])
+    except (ValueError, OverflowError):  # more digits than int() reads, say
+        offset = CHECKPOINT_MAX + 1
+    if not CHECKPOINT_MIN <= offset <= CHECKPOINT_MAX:
+        raise ValueError("an offset outside the documented form (-1, or up to 20 digits)")
+    return Checkpoint(
+        offset=offset,
+        updated_at=_float(item.get("updatedAt")) or 0.0,
+        owner=_str(item, "owner"),
+    )
+
+
+def decode_fallback(item: Mapping[str, Any] | None) -> FallbackRecord | None:
+    """A `fallback#<chain>` item as read (`GetItem` or `batch_get_items`); None before the
+    fallback's first tick."""
+    if item is None:
+        return None
+    mark = _float(item.get("lastPolledOccurredAt"))
+    active = item.get("active")
+    return FallbackRecord(
+        active=bool(active.get("BOOL")) if active is not None else False,
+        since=_float(item.get("since")),
+        healthy_since=_float(item.get("healthySince")),
+        stream_down_since=_float(item.get("streamDownSince")),
+        last_tick_at=_float(item.get("lastTickAt")),
+        last_reason=_str(item, "lastReason"),
+        last_polled_occurred_at=datetime.fromtimestamp(mark, UTC) if mark is not None else None,
+        counters={name: _int(item[name]) for name in FALLBACK_COUNTERS if name in item},
+    )
+
+
 class StateStore:
     """Checkpoint, heartbeat and lease of one chain in the state table (see the module docstring)."""
 
@@ -224,25 +261,15 @@ class StateStore:
 
     def get_checkpoint(self) -> Checkpoint | None:
         item = self._get("GetCheckpoint", CHECKPOINT_PREFIX)
-        if item is None or "offset" not in item:
-            return None
         try:
-            offset = _int(item["offset"])
-        except (ValueError, OverflowError):  # more digits than int() reads, say
-            offset = CHECKPOINT_MAX + 1
-        if not CHECKPOINT_MIN <= offset <= CHECKPOINT_MAX:
+            return decode_checkpoint(item)
+        except ValueError as exc:
             raise StateStoreError(
-                f"{self.key(CHECKPOINT_PREFIX)} in {self._table} holds an offset outside the documented "
-                "form (-1, or up to 20 digits); correct or delete that item",
+                f"{self.key(CHECKPOINT_PREFIX)} in {self._table} holds {exc}; correct or delete that item",
                 operation="GetCheckpoint",
                 code="InvalidCheckpoint",
                 retryable=False,
-            )
-        return Checkpoint(
-            offset=offset,
-            updated_at=_float(item.get("updatedAt")) or 0.0,
-            owner=_str(item, "owner"),
-        )
+            ) from exc
 
     def advance_checkpoint(self, offset: int, owner: str, *, now: float | None = None) -> bool:
         """Store `offset` if it is higher than the stored one; False (nothing written) otherwise.
@@ -409,21 +436,7 @@ class StateStore:
 
     def get_fallback(self) -> FallbackRecord | None:
         """The poll fallback's state; None before its first tick."""
-        item = self._get("GetFallback", FALLBACK_PREFIX)
-        if item is None:
-            return None
-        mark = _float(item.get("lastPolledOccurredAt"))
-        active = item.get("active")
-        return FallbackRecord(
-            active=bool(active.get("BOOL")) if active is not None else False,
-            since=_float(item.get("since")),
-            healthy_since=_float(item.get("healthySince")),
-            stream_down_since=_float(item.get("streamDownSince")),
-            last_tick_at=_float(item.get("lastTickAt")),
-            last_reason=_str(item, "lastReason"),
-            last_polled_occurred_at=datetime.fromtimestamp(mark, UTC) if mark is not None else None,
-            counters={name: _int(item[name]) for name in FALLBACK_COUNTERS if name in item},
-        )
+        return decode_fallback(self._get("GetFallback", FALLBACK_PREFIX))
 
     def save_fallback(
         self, record: FallbackRecord, *, add: Mapping[str, int] | None = None, now: float | None = None

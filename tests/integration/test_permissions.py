@@ -55,25 +55,30 @@ from ohip_local.aws import (
     written_resource,
 )
 from ohip_local.eventsource import SqsEventSource
-from ohip_local.gateway import GatewayConfig, LocalGateway
+from ohip_local.gateway import GatewayConfig, LocalGateway, fleet_config
 from ohip_local.iam import Denial, denials, journal_mark
 from ohip_local.lambdas import load_function
 from ohip_local.stack import credentials_in_environment
-from ohip_relay.balance import ChainSummary, worker_items
+from ohip_local.threaded import call_in_gateway, running_gateway
+from ohip_relay.balance import BalanceConfig, ChainSummary, worker_items
 from ohip_relay.cli import main as cli_main
 from ohip_relay.config import Settings
 from ohip_relay.doctor import DoctorOptions, run_doctor
 from ohip_relay.events import CanonicalEvent, from_poll
 from ohip_relay.fallback import POLL_BOTO_CONFIG, SpillStore, SqsBatchSender
+from ohip_relay.fleet_fallback import FleetOptions, FleetReport, open_fleet_fallback
+from ohip_relay.fleet_health import FleetPollOptions
 from ohip_relay.fleet_state import FleetStore
 from ohip_relay.park import park_frame
 from ohip_relay.publish import PublisherConfig, PublishFailure, SqsPublisher, outbound_message
-from ohip_relay.registry import RegistryStore, Subscription, SubscriptionExists
+from ohip_relay.registry import RegistryStore, Subscription, SubscriptionExists, SubscriptionNotFound
 from ohip_relay.runtime import resolve_secrets
+from ohip_relay.scheduler import SchedulerOptions, open_scheduler
 from ohip_relay.seen import SeenSet
 from ohip_relay.sqs_http import SqsHttpTransport
 from ohip_relay.state import FallbackRecord, Heartbeat, StateStore, StreamState
 from ohip_relay.stream import PUBLISHER_BOTO_CONFIG, STATE_BOTO_CONFIG
+from ohip_relay.telemetry import Telemetry
 
 from ..conftest import REPO_ROOT, TEMPLATE
 
@@ -84,6 +89,8 @@ DOCS = REPO_ROOT / "docs" / "permissions.md"
 FUNCTIONS = REPO_ROOT / "functions"
 CHAIN = "PERMCHAIN"
 FLEET_CHAIN = "PERMFLEET"
+STREAM_FLEET = "PERMSTREAM"  # the scheduler's own run: one subscription on a local gateway
+POLL_FLEET = "PERMPOLL"  # the poll fallback's fleet scenario: subscriptions PERMPOLL-0 and PERMPOLL-1
 BIG = 1_100_000  # over the queue's MaximumMessageSize (1 MiB, the default): a claim check
 
 
@@ -402,6 +409,84 @@ def stream_fleet(world: World) -> None:
             raise ScenarioFailed(f"worker {worker} was not forgotten")
 
 
+def stream_fleet_runs(world: World) -> None:
+    """The fleet's scheduler itself (`ohip-relay stream` with RELAY_FLEET=true, scheduler.py) under
+    the task's role, over a registry of one subscription on a local gateway: it joins, takes the
+    lease, reads the entry's secret (named under the template's default `RegistrySecretArnPattern`,
+    ohip/*), connects the chain's session, then stops gracefully (release, leave). Other enabled
+    entries (other scenarios') are disabled for the run and enabled again after it."""
+    registry = RegistryStore(world.admin("dynamodb"), world.stack.table_name)
+    secrets = local_client("secretsmanager", world.endpoint, world.stack.region)
+    config = GatewayConfig(chains=(STREAM_FLEET,))
+    with running_gateway(config) as gateway:
+        name = f"ohip/{world.stack.stack_name}/{STREAM_FLEET}"
+        value = json.dumps(
+            {"clientId": config.client_id, "clientSecret": config.client_secret, "appKey": config.app_key}
+        )
+        try:
+            arn = secrets.create_secret(Name=name, SecretString=value)["ARN"]
+        except secrets.exceptions.ResourceExistsException:
+            arn = secrets.put_secret_value(SecretId=name, SecretString=value)["ARN"]
+        with contextlib.suppress(SubscriptionNotFound):  # a run that ended half-way
+            registry.remove(STREAM_FLEET)
+        registry.add(
+            Subscription(
+                id=STREAM_FLEET,
+                gateway_url=gateway.url,
+                chain_code=STREAM_FLEET,
+                secret_arn=arn,
+                enterprise_id=config.enterprise_id,
+            )
+        )
+        others = [s.id for s in registry.list_all().subscriptions if s.enabled and s.id != STREAM_FLEET]
+        for other in others:
+            registry.set_enabled(other, False)
+        try:
+            asyncio.run(_run_scheduler_until_connected(world))
+        finally:
+            for other in others:
+                registry.set_enabled(other, True)
+            registry.remove(STREAM_FLEET)
+
+
+async def _run_scheduler_until_connected(world: World) -> None:
+    env = {**world.env(STREAM_ROLE), "RELAY_FLEET": "true", "POWERTOOLS_METRICS_DISABLED": "true"}
+    env.pop("OHIP_SECRET_ARN")
+    settings = Settings.from_env(env)
+    options = SchedulerOptions(
+        lease_seconds=3.0,
+        renew_interval=1.0,
+        pass_interval=0.3,
+        balance=BalanceConfig(lease_seconds=3.0, worker_timeout=2.0),
+    )
+    with credentials_in_environment(env):
+        opened = open_scheduler(settings, options=options, worker_id=f"perm-{uuid.uuid4().hex[:8]}")
+        scheduler = await opened.__aenter__()
+    try:
+        task = asyncio.create_task(scheduler.run())
+
+        def outcome() -> str | None:
+            if STREAM_FLEET in scheduler._secret_problems:
+                return scheduler._secret_problems[STREAM_FLEET]
+            held = scheduler.held.get(STREAM_FLEET)
+            if held is not None and held.session is not None and held.session.status is StreamState.CONNECTED:
+                return "connected"
+            return None
+
+        for _ in range(400):  # polled for at most 20 s
+            if outcome() is not None or task.done():
+                break
+            await asyncio.sleep(0.05)
+        result = outcome()
+        scheduler.request_stop()
+        if await asyncio.wait_for(task, 30.0) != 0:
+            raise ScenarioFailed("the scheduler did not stop cleanly")
+    finally:
+        await opened.__aexit__(None, None, None)
+    if result != "connected":
+        raise ScenarioFailed(f"the chain's session did not connect: {result}")
+
+
 def status(world: World, role: str) -> None:
     """`ohip-relay status --json`: the ECS health check (StreamTaskRole) or an operator."""
     now = time.time()  # a chain the relay has seen (the harness writes its heartbeat)
@@ -420,6 +505,39 @@ def status(world: World, role: str) -> None:
         root.setLevel(level)
     if code != 0 or "heartbeatAgeSeconds" not in json.loads(out.getvalue() or "{}"):
         raise ScenarioFailed(f"status exited {code}: {out.getvalue()!r}")
+
+
+def operator_fleet_status(world: World) -> None:
+    """`ohip-relay status --json` with RELAY_FLEET=true (fleet_status.py): the registry, the worker
+    items through the fleet index, the leases, checkpoints and fallback records, all batched."""
+    admin, now = world.admin("dynamodb"), time.time()
+    with contextlib.suppress(SubscriptionExists):  # `ohip-relay chains add`: the administrator here
+        RegistryStore(admin, world.stack.table_name).add(
+            Subscription(
+                id=FLEET_CHAIN,
+                gateway_url="https://ohip.example.com",
+                chain_code=FLEET_CHAIN,
+                secret_arn=world.stack.secret_arn,
+            )
+        )
+    worker = f"task-{uuid.uuid4().hex[:8]}"  # a fleet task's heartbeat, written by the harness
+    fleet = FleetStore(admin, world.stack.table_name)
+    fleet.put_worker(worker_items(worker, now, {FLEET_CHAIN: ChainSummary("connected", now)}, started_at=now))
+    fleet.join(worker, now)
+    env = {**world.env(OPERATOR_ROLE), "RELAY_FLEET": "true"}
+    env.pop("OHIP_SECRET_ARN")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    out = io.StringIO()
+    try:
+        with environment(env), contextlib.redirect_stdout(out):
+            code = cli_main(["status", "--json"])
+    finally:  # main() points the root logger at stderr: put it back
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    report = json.loads(out.getvalue() or "{}")
+    if code != 0 or FLEET_CHAIN not in {row["id"] for row in report.get("subscriptions", [])}:
+        raise ScenarioFailed(f"fleet status exited {code}: {out.getvalue()!r}")
 
 
 def reads_secret(world: World, role: str) -> None:
@@ -475,6 +593,67 @@ def poll_parks(world: World) -> None:
     SpillStore(world.client(POLL_ROLE, "s3"), world.stack.bucket_name, CHAIN).park_malformed(
         [{"not": "an event"}], "businessEvent: missing"
     )
+
+
+def poll_fleet(world: World) -> None:
+    """The poll fallback in fleet mode (`RELAY_FLEET=true`, fleet_fallback.py) over a registry of two
+    subscriptions, one per environment of a local gateway: the registry, the worker items and the
+    chains' fallback records read in batches, each environment's secret (under the template's
+    default `RegistrySecretArnPattern`, ohip/*) read once, and a tick of both chains (no worker
+    lists them, so both are polled and their events published). Other enabled entries of the
+    registry (other scenarios') are disabled for the tick and enabled again after it."""
+    registry = RegistryStore(world.admin("dynamodb"), world.stack.table_name)
+    secrets = local_client("secretsmanager", world.endpoint, world.stack.region)
+    mine = [f"{POLL_FLEET}-{i}" for i in range(2)]
+    with running_gateway(fleet_config(2, 1)) as gateway:
+        for index, sub_id in enumerate(mine):
+            env = gateway.environment(index)
+            name = f"ohip/{world.stack.stack_name}/{sub_id}"
+            cfg = env.config
+            value = json.dumps(
+                {"clientId": cfg.client_id, "clientSecret": cfg.client_secret, "appKey": cfg.app_key}
+            )
+            try:
+                arn = secrets.create_secret(Name=name, SecretString=value)["ARN"]
+            except secrets.exceptions.ResourceExistsException:
+                arn = secrets.put_secret_value(SecretId=name, SecretString=value)["ARN"]
+            with contextlib.suppress(SubscriptionNotFound):  # a run that ended half-way
+                registry.remove(sub_id)
+            registry.add(
+                Subscription(
+                    id=sub_id,
+                    gateway_url=env.url,
+                    chain_code=env.config.chains[0],
+                    secret_arn=arn,
+                    enterprise_id=env.config.enterprise_id,
+                    external_system=env.config.external_systems[0],
+                )
+            )
+            call_in_gateway(gateway, partial(env.emit, 1))
+        others = [s.id for s in registry.list_all().subscriptions if s.enabled and s.id not in mine]
+        for other in others:
+            registry.set_enabled(other, False)
+        try:
+            report = _fleet_tick(world)
+        finally:
+            for other in others:
+                registry.set_enabled(other, True)
+            for sub_id in mine:
+                registry.remove(sub_id)
+    if report.error_count or report.polled != 2 or report.total("published") != 2:
+        raise ScenarioFailed(report.summary())
+
+
+def _fleet_tick(world: World) -> FleetReport:
+    env = {**world.env(POLL_ROLE), "RELAY_FLEET": "true"}
+    env.pop("OHIP_SECRET_ARN")
+    settings = Settings.from_env(env)
+    options = FleetOptions(plan=FleetPollOptions(healthy_drains=0))
+    with (
+        credentials_in_environment(env),
+        open_fleet_fallback(settings, Telemetry(service="poll", emit=False), options=options) as fleet,
+    ):
+        return fleet.tick(lambda: 30.0)
 
 
 def consumer_consumes(world: World) -> None:
@@ -562,22 +741,29 @@ SCENARIOS: dict[str, Callable[[World], None]] = {
     "stream-parks": stream_parks,
     "stream-health-check": partial(status, role=STREAM_ROLE),
     "stream-fleet": stream_fleet,
+    "stream-fleet-runs": stream_fleet_runs,
     "stream-reads-secret": partial(reads_secret, role=STREAM_ROLE),
     "poll-publishes": poll_publishes,
     "poll-keeps-state": poll_keeps_state,
     "poll-spills": poll_spills,
     "poll-parks": poll_parks,
+    "poll-fleet": poll_fleet,
     "poll-reads-secret": partial(reads_secret, role=POLL_ROLE),
     "consumer-consumes": consumer_consumes,
     "enricher-enriches": enricher_enriches,
     "enricher-reads-secret": partial(reads_secret, role=ENRICHER_ROLE),
     "operator-status": partial(status, role=OPERATOR_ROLE),
+    "operator-fleet-status": operator_fleet_status,
     "operator-doctor": operator_doctor,
 }
 
 # Which scenarios need each grant (role, action, resource as written): all of them are denied
 # without it. docs/permissions.md lists the same, with what in the code makes the call.
 _Q, _T, _B, _S = "EventsQueue", "StateTable", "OversizeBucket", "OhipSecretArn"
+# The registry's secrets (RegistrySecretArnPattern), as template.yaml writes the resource.
+_RS = (
+    "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${RegistrySecretArnPattern}"
+)
 NEEDS: dict[tuple[str, str, str], tuple[str, ...]] = {
     (STREAM_ROLE, "sqs:SendMessage", _Q): ("stream-publishes",),
     (STREAM_ROLE, "sqs:GetQueueAttributes", _Q): ("stream-publishes",),
@@ -589,10 +775,12 @@ NEEDS: dict[tuple[str, str, str], tuple[str, ...]] = {
     (STREAM_ROLE, "s3:PutObject", f"{_B}/oversize/*"): ("stream-publishes",),
     (STREAM_ROLE, "s3:PutObject", f"{_B}/malformed/*"): ("stream-parks",),
     (STREAM_ROLE, "secretsmanager:GetSecretValue", _S): ("stream-reads-secret",),
+    (STREAM_ROLE, "secretsmanager:GetSecretValue", _RS): ("stream-fleet-runs",),
     (POLL_ROLE, "sqs:SendMessage", _Q): ("poll-publishes",),
     (POLL_ROLE, "sqs:GetQueueAttributes", _Q): ("poll-publishes",),
-    (POLL_ROLE, "dynamodb:GetItem", _T): ("poll-keeps-state",),
-    (POLL_ROLE, "dynamodb:UpdateItem", _T): ("poll-keeps-state",),
+    (POLL_ROLE, "dynamodb:GetItem", _T): ("poll-keeps-state", "poll-fleet"),
+    (POLL_ROLE, "dynamodb:UpdateItem", _T): ("poll-keeps-state", "poll-fleet"),
+    (POLL_ROLE, "dynamodb:BatchGetItem", _T): ("poll-fleet",),
     (POLL_ROLE, "s3:PutObject", f"{_B}/oversize/*"): ("poll-publishes",),
     (POLL_ROLE, "s3:PutObject", f"{_B}/spill/*"): ("poll-spills",),
     (POLL_ROLE, "s3:PutObject", f"{_B}/malformed/*"): ("poll-parks",),
@@ -600,6 +788,7 @@ NEEDS: dict[tuple[str, str, str], tuple[str, ...]] = {
     (POLL_ROLE, "s3:DeleteObject", f"{_B}/spill/*"): ("poll-spills",),
     (POLL_ROLE, "s3:ListBucket", _B): ("poll-spills",),
     (POLL_ROLE, "secretsmanager:GetSecretValue", _S): ("poll-reads-secret",),
+    (POLL_ROLE, "secretsmanager:GetSecretValue", _RS): ("poll-fleet",),
     (CONSUMER_ROLE, "sqs:ReceiveMessage", _Q): ("consumer-consumes",),
     (CONSUMER_ROLE, "sqs:DeleteMessage", _Q): ("consumer-consumes",),
     (CONSUMER_ROLE, "sqs:GetQueueAttributes", _Q): ("consumer-consumes",),
@@ -615,7 +804,8 @@ NEEDS: dict[tuple[str, str, str], tuple[str, ...]] = {
     (ENRICHER_ROLE, "s3:GetObject", f"{_B}/oversize/*"): ("enricher-enriches",),
     (ENRICHER_ROLE, "s3:PutObject", f"{_B}/oversize/enriched/*"): ("enricher-enriches",),
     (ENRICHER_ROLE, "secretsmanager:GetSecretValue", _S): ("enricher-reads-secret",),
-    (OPERATOR_ROLE, "dynamodb:GetItem", _T): ("operator-status", "operator-doctor"),
+    (OPERATOR_ROLE, "dynamodb:GetItem", _T): ("operator-status", "operator-doctor", "operator-fleet-status"),
+    (OPERATOR_ROLE, "dynamodb:BatchGetItem", _T): ("operator-fleet-status",),
     (OPERATOR_ROLE, "sqs:GetQueueAttributes", _Q): ("operator-doctor",),
     (OPERATOR_ROLE, "s3:ListBucket", _B): ("operator-doctor",),
     (OPERATOR_ROLE, "secretsmanager:GetSecretValue", _S): ("operator-doctor",),

@@ -35,6 +35,20 @@ REQUIRED_ALARMS: dict[str, tuple[str, str, dict[str, str]]] = {
     "AuthRefusedAlarm": (NAMESPACE, "AuthRefusals", {"service": "stream"}),
     "PollFunctionErrorsAlarm": ("AWS/Lambda", "Errors", {}),
     "NoRunningTaskAlarm": ("ECS/ContainerInsights", "RunningTaskCount", {}),
+    # FleetMode=true only (issue #18): "a chain unhealthy", "chains without a holder", "fleet saturated"
+    "ChainUnhealthyAlarm": (NAMESPACE, "ChainsUnhealthy", {"service": "poll"}),
+    "ChainsWithoutHolderAlarm": (NAMESPACE, "ChainsWithoutHolder", {"service": "poll"}),
+    "FleetSaturatedAlarm": (NAMESPACE, "ChainsRunning", {"service": "stream"}),
+}
+# The condition of each alarm that exists in one shape only (the rest exist in both).
+ALARM_CONDITIONS = {
+    "StreamUnhealthyAlarm": "IsSingleChain",
+    "FallbackActiveAlarm": "IsSingleChain",
+    "ChainUnhealthyAlarm": "IsFleet",
+    "ChainsWithoutHolderAlarm": "IsFleet",
+    "FleetSaturatedAlarm": "IsFleet",
+    "EnrichErrorsAlarm": "EnricherEnabled",
+    "EnrichedDeadLetterQueueNotEmptyAlarm": "EnricherEnabled",
 }
 
 
@@ -152,6 +166,20 @@ def container(resources: dict[str, Any]) -> dict[str, Any]:
     return dict(definition)
 
 
+def _branch(value: Any, fleet: bool) -> Any:
+    """The value in one shape: the matching branch of `Fn::If` on IsFleet (NoValue: None)."""
+    if isinstance(value, dict) and set(value) == {"Fn::If"}:
+        condition, when_true, when_false = value["Fn::If"]
+        assert condition == "IsFleet", value
+        value = when_true if fleet else when_false
+    return None if value == {"Ref": "AWS::NoValue"} else value
+
+
+def _environment(container: dict[str, Any], *, fleet: bool) -> dict[str, Any]:
+    entries = [_branch(e, fleet) for e in container["Environment"]]
+    return {e["Name"]: e["Value"] for e in entries if e is not None}
+
+
 def test_container_is_locked_down(container: dict[str, Any]) -> None:
     assert container["ReadonlyRootFilesystem"] is True
     user = str(container["User"]).split(":")
@@ -160,7 +188,13 @@ def test_container_is_locked_down(container: dict[str, Any]) -> None:
     assert container["StopTimeout"] == 120
     assert container["LinuxParameters"]["Capabilities"]["Drop"] == ["ALL"]
     assert container["LogConfiguration"]["LogDriver"] == "awslogs"
-    assert container["HealthCheck"]["Command"][0] == "CMD-SHELL"
+    assert _branch(container["HealthCheck"], fleet=False)["Command"][0] == "CMD-SHELL"
+    # The fleet writes no per-chain heartbeat item: its check reads the scheduler's alive file.
+    from ohip_relay.scheduler import ALIVE_FILE
+
+    fleet_check = _branch(container["HealthCheck"], fleet=True)
+    assert fleet_check["Command"][0] == "CMD-SHELL"
+    assert ALIVE_FILE in fleet_check["Command"][1]
 
 
 def test_dockerfile_runs_as_the_same_non_root_user(container: dict[str, Any]) -> None:
@@ -175,7 +209,7 @@ def test_dockerfile_runs_as_the_same_non_root_user(container: dict[str, Any]) ->
 
 
 def test_task_environment(container: dict[str, Any], resources: dict[str, Any]) -> None:
-    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+    env = _environment(container, fleet=False)
     assert {
         "OHIP_GATEWAY_URL",
         "OHIP_CHAIN_CODE",
@@ -190,17 +224,56 @@ def test_task_environment(container: dict[str, Any], resources: dict[str, Any]) 
     } <= set(env)
     assert env["RELAY_LOG_FORMAT"] == "json"
     assert env["POWERTOOLS_SERVICE_NAME"] == "stream"
+    assert env["RELAY_FLEET"] == {"Ref": "FleetMode"}
     task = resources["StreamTaskDefinition"]["Properties"]
     assert task["RuntimePlatform"]["CpuArchitecture"] == "ARM64"
     assert task["ExecutionRoleArn"] != task["TaskRoleArn"]
 
 
-def test_service_never_runs_two_tasks(resources: dict[str, Any]) -> None:
+def test_fleet_task_gets_no_single_chain_variable(container: dict[str, Any]) -> None:
+    """config.py refuses the OHIP_* variables with RELAY_FLEET=true: the fleet's task has none."""
+    from ohip_relay.config import _SINGLE_CHAIN_VARIABLES
+
+    fleet = _environment(container, fleet=True)
+    assert not set(fleet) & set(_SINGLE_CHAIN_VARIABLES)
+    assert set(_environment(container, fleet=False)) - set(fleet) == {
+        "OHIP_GATEWAY_URL",
+        "OHIP_CHAIN_CODE",
+        "OHIP_SECRET_ARN",
+        "OHIP_ENTERPRISE_ID",
+    }
+
+
+def test_fleet_parameters(template: dict[str, Any]) -> None:
+    parameters = template["Parameters"]
+    assert parameters["FleetMode"]["Default"] == "false"
+    assert parameters["FleetMode"]["AllowedValues"] == ["false", "true"]
+    assert parameters["StreamTasks"]["Type"] == "Number"
+    assert (parameters["StreamTasks"]["Default"], parameters["StreamTasks"]["MinValue"]) == (1, 1)
+    assert parameters["StreamTasks"]["MaxValue"] == 100
+    assert parameters["FleetChainsPerTaskAlarm"]["Default"] == 200
+    assert parameters["RegistrySecretArnPattern"]["Default"] == "ohip/*"
+    assert template["Conditions"]["IsFleet"] == {"Fn::Equals": [{"Ref": "FleetMode"}, "true"]}
+    groups = template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+    (stream,) = [g for g in groups if g["Label"]["default"] == "Stream consumer (Fargate)"]
+    assert {"FleetMode", "StreamTasks"} <= set(stream["Parameters"])
+
+
+def test_service_never_runs_two_tasks_for_one_chain(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
     service = resources["StreamService"]["Properties"]
-    assert service["DesiredCount"] == 1
+    assert service["DesiredCount"] == {"Ref": "StreamTasks"}
+    # More than one task only in the fleet, where the leases keep one connection per chain.
+    (rule,) = template["Rules"].values()
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "FleetMode"}, "false"]}
+    assert rule["Assertions"][0]["Assert"] == {"Fn::Equals": [{"Ref": "StreamTasks"}, "1"]}
     deployment = service["DeploymentConfiguration"]
-    assert deployment["MaximumPercent"] == 100
-    assert deployment["MinimumHealthyPercent"] == 0
+    # Single chain: stop the old task, then start the new one. Fleet: rolling (fleet-design.md, 6).
+    assert _branch(deployment["MaximumPercent"], fleet=False) == 100
+    assert _branch(deployment["MinimumHealthyPercent"], fleet=False) == 0
+    assert _branch(deployment["MaximumPercent"], fleet=True) == 200
+    assert _branch(deployment["MinimumHealthyPercent"], fleet=True) == 50
     assert deployment["DeploymentCircuitBreaker"] == {"Enable": True, "Rollback": True}
 
 
@@ -218,12 +291,12 @@ def test_poll_function(resources: dict[str, Any]) -> None:
     assert props["CodeUri"] == "functions/poll_fallback/"
     assert props["Runtime"] == "python3.12"
     assert props["Architectures"] == ["arm64"]
-    assert props["ReservedConcurrentExecutions"] == 1
+    assert props["ReservedConcurrentExecutions"] == {"Ref": "PollShards"}  # one tick per shard at a time
     assert props["Timeout"] < 60  # ticks never overlap on a one-minute schedule
     assert props["Layers"] == [{"Ref": "SharedLayer"}]
-    (event,) = props["Events"].values()
-    assert event["Type"] == "Schedule"
-    assert event["Properties"]["Schedule"] == {"Ref": "PollSchedule"}
+    for event in props["Events"].values():
+        assert event["Type"] == "Schedule"
+        assert event["Properties"]["Schedule"] == {"Ref": "PollSchedule"}
     env = props["Environment"]["Variables"]
     assert {
         "OHIP_GATEWAY_URL",
@@ -245,6 +318,67 @@ def test_poll_function(resources: dict[str, Any]) -> None:
 
 def test_schedule_default_is_every_minute(template: dict[str, Any]) -> None:
     assert template["Parameters"]["PollSchedule"]["Default"] == "rate(1 minute)"
+
+
+def _condition(template: dict[str, Any], value: Any, parameters: dict[str, str]) -> Any:
+    """A condition's value for these parameter values (Fn::And/Or/Not/Equals, Condition, Ref)."""
+    if isinstance(value, dict) and len(value) == 1:
+        ((key, arg),) = value.items()
+        if key == "Ref":
+            return parameters[arg]
+        if key in ("Condition", "Fn::Condition"):
+            return _condition(template, template["Conditions"][arg], parameters)
+        values = [_condition(template, a, parameters) for a in arg] if isinstance(arg, list) else arg
+        if key == "Fn::Equals":
+            return str(values[0]) == str(values[1])
+        if key == "Fn::Not":
+            return not values[0]
+        if key == "Fn::And":
+            return all(values)
+        if key == "Fn::Or":
+            return any(values)
+    return value
+
+
+@pytest.mark.parametrize("fleet", ["true", "false"])
+@pytest.mark.parametrize("shards", range(1, 9))
+def test_one_poll_schedule_per_shard(template: dict[str, Any], fleet: str, shards: int) -> None:
+    """Shard 0's schedule always runs; shard k's only in fleet mode with more than k shards. Each
+    schedule's input names its shard and the number of shards."""
+    spec = template["Parameters"]["PollShards"]
+    assert (spec["Default"], spec["MinValue"], spec["MaxValue"]) == (1, 1, 8)
+    events = template["Resources"]["PollFunction"]["Properties"]["Events"]
+    parameters = {"FleetMode": fleet, "PollShards": str(shards)}
+    running = []
+    for name, event in events.items():
+        props = event["Properties"]
+        if "State" in props:
+            condition, on, off = props["State"]["Fn::If"]
+            assert (on, off) == ("ENABLED", "DISABLED")
+            enabled = _condition(template, {"Condition": condition}, parameters)
+        else:
+            enabled = props["Enabled"] is True
+        if enabled:
+            text = props["Input"]["Fn::Sub"].replace("${PollShards}", str(shards))
+            running.append((name, json.loads(text)))
+    expected = shards if fleet == "true" else 1
+    assert [shard["shard"] for _, shard in running] == list(range(expected))
+    assert all(shard["shards"] == shards for _, shard in running)
+
+
+def test_poll_function_in_fleet_mode_gets_no_single_chain_variables(resources: dict[str, Any]) -> None:
+    env = resources["PollFunction"]["Properties"]["Environment"]["Variables"]
+    for name in (
+        "OHIP_GATEWAY_URL",
+        "OHIP_CHAIN_CODE",
+        "OHIP_HOTEL_IDS",
+        "OHIP_EXTERNAL_SYSTEM",
+        "OHIP_SECRET_ARN",
+    ):
+        condition, when_fleet, _ = env[name]["Fn::If"]
+        assert (condition, when_fleet) == ("IsFleet", {"Ref": "AWS::NoValue"})
+    assert env["RELAY_FLEET"] == {"Ref": "FleetMode"}
+    assert env["RELAY_POLL_CONCURRENCY"] == {"Ref": "PollConcurrency"}
 
 
 def test_shared_layer_is_built_from_shared(resources: dict[str, Any]) -> None:
@@ -367,13 +501,25 @@ def test_alarms_on_relay_metrics_name_emitted_metrics(resources: dict[str, Any])
         assert dimensions["service"] in SERVICES, name
 
 
-def _dashboard_metrics(resources: dict[str, Any]) -> list[list[Any]]:
-    body = resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+def _dashboard_body(resources: dict[str, Any], *, fleet: bool) -> str:
+    body = _branch(resources["Dashboard"]["Properties"]["DashboardBody"], fleet)["Fn::Sub"]
     assert isinstance(body, str)
-    data = json.loads(re.sub(r"\$\{[^}]+\}", "x", body))
+    return body
+
+
+def _dashboard_widgets(resources: dict[str, Any], *, fleet: bool) -> list[dict[str, Any]]:
+    widgets: list[dict[str, Any]] = json.loads(
+        re.sub(r"\$\{[^}]+\}", "x", _dashboard_body(resources, fleet=fleet))
+    )["widgets"]
+    return widgets
+
+
+def _dashboard_metrics(resources: dict[str, Any], *, fleet: bool | None = None) -> list[list[Any]]:
+    """The metrics of the dashboard's widgets, in one shape or (None) in both."""
     metrics: list[list[Any]] = []
-    for widget in data["widgets"]:
-        metrics.extend(widget["properties"].get("metrics", []))
+    for shape in (False, True) if fleet is None else (fleet,):
+        for widget in _dashboard_widgets(resources, fleet=shape):
+            metrics.extend(widget["properties"].get("metrics", []))
     return metrics
 
 
@@ -389,7 +535,7 @@ def test_dashboard_metrics_in_the_relay_namespace_are_emitted(resources: dict[st
 
 
 def test_dashboard_shows_lag_throughput_health_and_fallback(resources: dict[str, Any]) -> None:
-    shown = {(m[1], m[3]) for m in _dashboard_metrics(resources) if m[0] == NAMESPACE}
+    shown = {(m[1], m[3]) for m in _dashboard_metrics(resources, fleet=False) if m[0] == NAMESPACE}
     assert {
         (Metric.STREAM_LAG.value, "stream"),
         (Metric.EVENTS_PUBLISHED.value, "stream"),
@@ -399,14 +545,58 @@ def test_dashboard_shows_lag_throughput_health_and_fallback(resources: dict[str,
     } <= shown
 
 
+def test_dashboard_shows_fleet_totals_and_the_worst_chains(resources: dict[str, Any]) -> None:
+    widgets = _dashboard_widgets(resources, fleet=True)
+    stat = {
+        (metric[1], metric[3], widget["properties"].get("stat"))
+        for widget in widgets
+        for metric in widget["properties"].get("metrics", [])
+        if metric[0] == NAMESPACE
+    }
+    assert {
+        (Metric.CHAINS_RUNNING.value, "stream", "Sum"),
+        (Metric.CHAINS_CONNECTED.value, "stream", "Sum"),
+        (Metric.CHAINS_DOWN.value, "stream", "Sum"),
+        (Metric.CHAINS_UNHEALTHY.value, "poll", "Maximum"),
+        (Metric.CHAINS_WITHOUT_HOLDER.value, "poll", "Maximum"),
+        (Metric.MAX_STREAM_LAG.value, "stream", "Maximum"),
+    } <= stat
+    queries = [w["properties"]["query"] for w in widgets if w["type"] == "log"]
+    assert any("worst.0" in q for q in queries), "a Logs Insights widget lists the worst chains"
+    assert any("by subscription" in q for q in queries), "and the chains' state changes"
+    assert _dashboard_body(resources, fleet=True).count("SOURCE '${StreamLogGroup}'") == len(queries)
+
+
 def test_dashboard_alarm_widget_lists_every_alarm(resources: dict[str, Any]) -> None:
-    body = resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
-    listed = set(re.findall(r"\$\{(\w+Alarm)\.Arn\}", body))
     alarms = _of_type(resources, "AWS::CloudWatch::Alarm")
-    assert listed == {name for name in alarms if "Condition" not in resources[name]}
-    # Only the optional enricher's alarms are conditional (the dashboard cannot name a missing one).
-    conditional = {name for name in alarms if "Condition" in resources[name]}
-    assert {resources[n]["Condition"] for n in conditional} <= {"EnricherEnabled"}
+    conditions = {name: resources[name].get("Condition") for name in alarms}
+    assert {k: v for k, v in conditions.items() if v} == ALARM_CONDITIONS
+    for fleet, other_shape in ((False, "IsFleet"), (True, "IsSingleChain")):
+        listed = set(re.findall(r"\$\{(\w+Alarm)\.Arn\}", _dashboard_body(resources, fleet=fleet)))
+        # Every alarm of the shape; not the enricher's (the dashboard cannot name a missing one).
+        assert listed == {n for n, c in conditions.items() if c not in (other_shape, "EnricherEnabled")}, (
+            fleet
+        )
+
+
+def test_fleet_alarms(resources: dict[str, Any]) -> None:
+    """ "a chain unhealthy" 3 of 3 minutes, "chains without a holder" 2 of 2, "fleet saturated" 5."""
+    alarms = _of_type(resources, "AWS::CloudWatch::Alarm")
+    for name, minutes, threshold in (
+        ("ChainUnhealthyAlarm", 3, 0),
+        ("ChainsWithoutHolderAlarm", 2, 0),
+        ("FleetSaturatedAlarm", 5, {"Ref": "FleetChainsPerTaskAlarm"}),
+    ):
+        alarm = alarms[name]
+        assert alarm["Statistic"] == "Maximum", name
+        assert (alarm["Period"], alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (
+            60,
+            minutes,
+            minutes,
+        )
+        assert alarm["Threshold"] == threshold, name
+        assert alarm["ComparisonOperator"] == "GreaterThanThreshold", name
+        assert alarm["OKActions"] == [{"Ref": "AlarmTopic"}], name
 
 
 # -- suppressions and outputs ------------------------------------------------------------------

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -73,11 +75,11 @@ class Fleet:
         return Settings.from_env(self.env, Need.OHIP, Need.STREAM, Need.AWS)
 
     @contextlib.asynccontextmanager
-    async def worker(self, name: str) -> AsyncIterator[Running]:
+    async def worker(self, name: str, options: SchedulerOptions = FLEET) -> AsyncIterator[Running]:
         async with contextlib.AsyncExitStack() as opened:
             with credentials_in_environment(self.env):
                 scheduler = await opened.enter_async_context(
-                    open_scheduler(self.settings(), options=FLEET, stream_options=FAST, worker_id=name)
+                    open_scheduler(self.settings(), options=options, stream_options=FAST, worker_id=name)
                 )
             running = Running(scheduler, asyncio.create_task(scheduler.run()))
             try:
@@ -208,7 +210,7 @@ async def fleet(aws_stack: ProvisionedStack, monkeypatch: pytest.MonkeyPatch) ->
             ),
         ]
         env = {
-            **environment_for(aws_stack, role=None),  # TODO: STREAM_ROLE once the secret pattern grant lands
+            **environment_for(aws_stack, role=STREAM_ROLE),
             "RELAY_FLEET": "true",
             "RELAY_START_POSITION": "earliest",
             "POWERTOOLS_METRICS_DISABLED": "true",
@@ -224,12 +226,16 @@ def _env_of(fleet: Fleet, subscription: str) -> tuple[int, str]:
     return (0 if s.gateway_url == fleet.gateway.environment(0).url else 1), s.chain_code
 
 
-async def test_one_worker_streams_every_chain_of_the_registry_under_its_own_identity(fleet: Fleet) -> None:
+async def test_one_worker_streams_every_chain_of_the_registry_under_its_own_identity(
+    fleet: Fleet, tmp_path: Path
+) -> None:
     expected: dict[str, set[int]] = {}
     for s in fleet.subscriptions:
         env, chain = _env_of(fleet, s.id)
         expected[s.id] = set(fleet.emit(env, chain, 5))
-    async with fleet.worker("w1") as w1:
+    alive = tmp_path / "alive"
+    async with fleet.worker("w1", dataclasses.replace(FLEET, alive_file=str(alive))) as w1:
+        await eventually(alive.exists, within=10, what="the health check's file")
         await eventually(
             lambda: w1.holds() == {s.id for s in fleet.subscriptions}, within=20, what="3 chains held"
         )
