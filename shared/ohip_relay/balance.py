@@ -138,6 +138,9 @@ class LeaseView:
     handover_to: str | None = None
     handover_at: float | None = None
     unchanged_for: float | None = None
+    # When a holder last renewed it (its clock; `renewedAt`, kept by a release): since when the
+    # chain has had no holder, for the poll fallback's judge (fleet_health.py). Not a version field.
+    renewed_at: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

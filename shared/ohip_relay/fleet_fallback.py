@@ -281,6 +281,7 @@ class FleetFallback:
         try:
             view = self._fleet.read_fleet()
             records = self.read_records(sorted(enabled))
+            leases = self._fleet.read_leases(sorted(enabled))
         except StateStoreError as exc:
             # Without the worker items every chain would look down (a flood of polls and
             # duplicates); without the records the hysteresis is unknown. Poll nothing.
@@ -297,6 +298,7 @@ class FleetFallback:
             self._thresholds,
             shard=shard,
             options=self.options.plan,
+            leases=leases,
         )
         return plan, enabled
 

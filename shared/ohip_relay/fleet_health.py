@@ -14,9 +14,15 @@ Rules (a test each in tests/unit/test_fleet_health.py):
   worker's heartbeat time, and `since` (when the chain entered that state) in place of
   `lastFrameAt`, so "not connected for longer than the grace" counts from `since`. A worker is
   live while its heartbeat is younger than `worker_timeout` (20 s, as for balancing). A chain that
-  no live worker lists (none lists it, or its worker is silent) has **no heartbeat**: unhealthy at
-  once, as a missing heartbeat is today. When two live workers list one chain (a handover in
-  flight), the connected one counts, else the newest heartbeat.
+  no live worker lists (none lists it, or its worker is silent) is **between holders** when its
+  lease item shows a holder renewed it (`renewedAt`, kept by a release): it is judged as not
+  connected since that renewal, with today's grace, as a single chain's `stopped` heartbeat is
+  during a deployment. A handover (release, then the receiver's next pass and worker item: about
+  20 s) or a task's graceful stop stays within the grace; a dead task's chains are unhealthy once
+  the grace has run from its last renewal (the survivors take them within 40 s). A chain without a
+  lease item (never held) has **no heartbeat**: unhealthy at once, as a missing heartbeat is
+  today. When two live workers list one chain (a handover in flight), the connected one counts,
+  else the newest heartbeat.
 * **Since when down.** As today, "since when" is the earlier of `since` and the record's
   `streamDownSince`, but the record counts only while it is fresh (written within
   `down_memory_seconds`, about two ticks): a healthy chain's record is rewritten only now and
@@ -47,7 +53,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final, TypeGuard
 
-from .balance import BalanceConfig, ChainSummary, WorkerRecord
+from .balance import BalanceConfig, ChainSummary, LeaseView, WorkerRecord
 from .config import ConfigError
 from .health import FallbackDecision, HealthThresholds, decide
 from .state import FallbackRecord, Heartbeat, StreamState
@@ -220,6 +226,19 @@ def live_summaries(
     return best
 
 
+def between_holders(lease: LeaseView, now: float) -> Heartbeat | None:
+    """A chain no live worker lists, as the `Heartbeat` `decide` judges: not connected since its
+    last renewal (`renewedAt`), seen now. None when no holder ever renewed it."""
+    if lease.renewed_at is None:
+        return None
+    return Heartbeat(
+        state=StreamState.STANDBY,
+        owner=lease.owner or "",
+        updated_at=now,
+        last_frame_at=min(lease.renewed_at, now),
+    )
+
+
 def judge_fleet(
     subscriptions: Iterable[Subscription],
     workers: Mapping[str, WorkerRecord],
@@ -229,9 +248,11 @@ def judge_fleet(
     *,
     shard: Shard = Shard(),
     options: FleetPollOptions | None = None,
+    leases: Mapping[str, LeaseView] | None = None,
 ) -> FleetPlan:
     """Judge every enabled subscription and plan this invocation (see the module docstring).
-    `records`: the `fallback#<id>` records found, by subscription id (a missing one: never ticked)."""
+    `records`: the `fallback#<id>` records found, by subscription id (a missing one: never ticked).
+    `leases`: the lease items found (for chains no live worker lists: since when without holder)."""
     opts = options or FleetPollOptions()
     live = live_summaries(workers, now, worker_timeout=opts.worker_timeout)
     verdicts: dict[str, ChainVerdict] = {}
@@ -250,6 +271,8 @@ def judge_fleet(
         if chain in live:
             worker, summary = live[chain]
             holder, heartbeat = worker.worker, heartbeat_from_summary(worker, summary)
+        elif leases is not None and chain in leases:
+            heartbeat = between_holders(leases[chain], now)
         decision = decide(judged, heartbeat, now, thresholds)
         last_tick = prior.last_tick_at if prior is not None and prior.last_tick_at is not None else -math.inf
         if decision.health.healthy:

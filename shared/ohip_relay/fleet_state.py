@@ -236,6 +236,7 @@ def decode_lease(item: Mapping[str, Any], *, strict: bool = True) -> LeaseView:
         generation=generation,
         handover_to=read(_opt_str, "handoverTo") or None,
         handover_at=read(_opt_num, "handoverAt"),
+        renewed_at=read(_opt_num, "renewedAt"),
     )
 
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ohip_relay.balance import ChainSummary, WorkerRecord
+from ohip_relay.balance import ChainSummary, LeaseView, WorkerRecord
 from ohip_relay.config import ConfigError
 from ohip_relay.fleet_health import (
     MAX_SHARDS,
@@ -99,6 +99,26 @@ def test_a_chain_no_worker_lists_has_no_heartbeat_unhealthy_at_once() -> None:
     assert verdict.heartbeat is None
     assert plan.without_holder == ("B",)
     assert plan.poll == ("B",)
+
+
+def test_a_chain_between_holders_is_judged_from_its_last_renewal_with_todays_grace() -> None:
+    """A handover or a graceful stop leaves a chain unlisted for about 20 s: within the grace, as a
+    single chain's deployment is; a dead holder's chain is down once the grace ran from its last
+    renewal; a chain never held has no heartbeat at all."""
+    leases = {
+        "HANDED": LeaseView(owner=None, renewed_at=NOW - 15, handover_to="w2", handover_at=NOW - 8),
+        "DEAD": LeaseView(owner="w9", lease_until=NOW - 60, renewed_at=NOW - 90),
+    }
+    plan = judge_fleet([sub("HANDED"), sub("DEAD"), sub("NEVER")], {}, {}, NOW, T, leases=leases)
+    handed, dead, never = (plan.verdicts[c] for c in ("HANDED", "DEAD", "NEVER"))
+    assert handed.healthy
+    assert not handed.active
+    assert "within grace" in handed.decision.health.reason
+    assert not dead.healthy
+    assert dead.decision.health.down_since == NOW - 90
+    assert never.decision.health.reason == "no heartbeat"
+    assert plan.without_holder == ("DEAD", "HANDED", "NEVER")  # the alarm still counts them
+    assert set(plan.poll) == {"DEAD", "NEVER"}
 
 
 def test_a_silent_worker_holds_nothing() -> None:
