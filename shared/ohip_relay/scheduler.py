@@ -709,7 +709,9 @@ class Scheduler:
             await asyncio.to_thread(Path(self.options.alive_file).touch)
         chains = sorted(self.held)
         now = time.time()
-        if chains:
+        if not chains:
+            self._renew_trouble = False  # nothing to renew: nothing failing either
+        else:
             if self._renewing is not None and not self._renewing.done():
                 log.warning("the previous lease renewal batch is still running; skipping this one")
             else:
@@ -827,7 +829,12 @@ class Scheduler:
     # -- helpers ------------------------------------------------------------------------------
 
     async def _periodic(self, interval: float, action: Callable[[], Any]) -> None:
+        """`action` every `interval`, at a fixed rate: the time an action takes (a renewal batch
+        under load) does not stretch the period, which the lease's safety margin counts on."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
         while True:
+            next_at += interval
             try:
                 await action()
             except asyncio.CancelledError:
@@ -835,7 +842,10 @@ class Scheduler:
             except Exception as exc:
                 log.warning("%s failed (%s)", action.__name__.strip("_").replace("_", " "), one_line(exc))
                 log.debug("the failure in full", exc_info=True)
-            await asyncio.sleep(interval)
+            now = loop.time()
+            if next_at < now:  # an action ran longer than the interval: start again now
+                next_at = now
+            await asyncio.sleep(next_at - now)
 
     def _control_call(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> asyncio.Future[_T]:
         loop = asyncio.get_running_loop()
