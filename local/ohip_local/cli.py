@@ -72,12 +72,74 @@ def _aws(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+DEMO_EVENTS = 300
+DEMO_RATE = 100.0
+# `local demo --fleet`: its flags, their defaults and limits (the local stack runs on one machine).
+FLEET_FLAGS = {  # dest -> (flag, default, low, high)
+    "environments": ("--environments", 2, 1, 10),
+    "chains_per_environment": ("--chains-per-environment", 10, 1, 50),
+    "relays": ("--relays", 3, 2, 10),
+}
+FLEET_CHAIN_RATE = 2.0
+MAX_FLEET_CHAIN_RATE = 20.0
+
+
 def _demo(args: argparse.Namespace) -> int:
+    if args.fleet:
+        return _fleet_demo(args)
     from .demo import run_demo
 
-    if args.events < 1:
-        raise LocalCommandError(f"local demo: --events must be at least 1, not {args.events}")
-    status: int = run_demo(events=args.events, rate=args.rate, seed=args.seed, verbose=args.verbose)
+    given = [flag for dest, (flag, *_) in FLEET_FLAGS.items() if getattr(args, dest) is not None]
+    given += [
+        flag
+        for dest, flag in (("chain_rate", "--chain-rate"), ("run_dir", "--run-dir"))
+        if getattr(args, dest)
+    ]
+    if given:
+        raise LocalCommandError(f"local demo: {given[0]} applies to the fleet demo only (add --fleet)")
+    events = DEMO_EVENTS if args.events is None else args.events
+    rate = DEMO_RATE if args.rate is None else args.rate
+    if events < 1:
+        raise LocalCommandError(f"local demo: --events must be at least 1, not {events}")
+    status: int = run_demo(events=events, rate=rate, seed=args.seed, verbose=args.verbose)
+    return status
+
+
+def _fleet_demo(args: argparse.Namespace) -> int:
+    from .fleet_demo import FleetDemoOptions, run_fleet_demo
+
+    for dest, flag in (("events", "--events"), ("rate", "--rate")):
+        if getattr(args, dest) is not None:
+            raise LocalCommandError(
+                f"local demo: {flag} applies to the plain demo; the fleet demo emits --chain-rate events "
+                "per second on every chain for the whole run"
+            )
+    values: dict[str, int] = {}
+    for dest, (flag, default, low, high) in FLEET_FLAGS.items():
+        value = getattr(args, dest)
+        value = default if value is None else value
+        if not low <= value <= high:
+            raise LocalCommandError(f"local demo: {flag} must be from {low} to {high}, not {value}")
+        values[dest] = value
+    rate = FLEET_CHAIN_RATE if args.chain_rate is None else args.chain_rate
+    if rate > MAX_FLEET_CHAIN_RATE:
+        raise LocalCommandError(
+            f"local demo: --chain-rate must be at most {MAX_FLEET_CHAIN_RATE:g} events per second, "
+            f"not {rate:g}"
+        )
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
+        raise LocalCommandError(f"local demo: --run-dir {run_dir} exists and is not a directory")
+    options = FleetDemoOptions(
+        environments=values["environments"],
+        chains_per_environment=values["chains_per_environment"],
+        relays=values["relays"],
+        chain_rate=rate,
+        seed=args.seed,
+        run_dir=run_dir,
+        verbose=args.verbose,
+    )
+    status: int = run_fleet_demo(options)
     return status
 
 
@@ -157,9 +219,25 @@ def add_local_parser(commands: Any) -> None:
     aws.set_defaults(handler=_aws)
 
     demo = parts.add_parser("demo", help="the `make run` scenario: the whole pipeline on the local stack")
-    demo.add_argument("--events", type=int, default=300, help="events to emit (default 300)")
-    demo.add_argument("--rate", type=_positive, default=100.0, help="events per second (default 100)")
+    demo.add_argument("--events", type=int, help=f"events to emit (default {DEMO_EVENTS})")
+    demo.add_argument("--rate", type=_positive, help=f"events per second (default {DEMO_RATE:g})")
     demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument(
+        "--fleet",
+        action="store_true",
+        help="the fleet scenario instead: chains of several environments over relay processes, one "
+        "killed, one added, a chain added and one disabled, a reconciliation per chain",
+    )
+    for dest, (flag, default, low, high) in FLEET_FLAGS.items():
+        demo.add_argument(flag, dest=dest, type=int, help=f"--fleet: default {default}, {low} to {high}")
+    demo.add_argument(
+        "--chain-rate",
+        type=_positive,
+        help=f"--fleet: events per second on each chain (default {FLEET_CHAIN_RATE:g})",
+    )
+    demo.add_argument(
+        "--run-dir", help="--fleet: where the relays' logs go (default: a new temporary directory)"
+    )
     demo.set_defaults(handler=_demo)
 
     chaos = parts.add_parser(
