@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ohip_relay.balance import WorkerRecord
-from ohip_relay.config import Settings
+from ohip_relay.config import SINGLE_CHAIN_VARIABLES, Settings
 from ohip_relay.fleet_state import FleetStore
 from ohip_relay.registry import RegistryStore, Subscription
 from ohip_relay.scheduler import options_from
@@ -79,21 +79,8 @@ POLL_INTERVAL = 0.25  # how often the worker items are read while waiting for th
 CONNECTED = StreamState.CONNECTED.value
 
 # Variables of the single-chain shape: a fleet relay refuses to start with any of them set, so
-# they are not passed on from the caller's environment (config.py `_SINGLE_CHAIN_VARIABLES`).
-_SINGLE_CHAIN = (
-    "OHIP_GATEWAY_URL",
-    "OHIP_CHAIN_CODE",
-    "OHIP_CLIENT_ID",
-    "OHIP_CLIENT_SECRET",
-    "OHIP_APP_KEY",
-    "OHIP_SECRET_ARN",
-    "OHIP_HOTEL_IDS",
-    "OHIP_EXTERNAL_SYSTEM",
-    "OHIP_HOTEL_CODE",
-    "OHIP_STREAM_DELTA",
-    "OHIP_ENTERPRISE_ID",
-    "OHIP_OAUTH_SCOPE",
-)
+# they are not passed on from the caller's environment.
+_SINGLE_CHAIN = SINGLE_CHAIN_VARIABLES
 
 _JOINED = re.compile(r"worker (\S+) joins the fleet")
 

@@ -143,7 +143,7 @@ class Settings:
         if fleet:
             # The chains and their credentials come from the registry: the single-chain variables
             # are not read (a stray OHIP_CHAIN_CODE would suggest a chain the fleet does not serve).
-            stray = sorted(name for name in _SINGLE_CHAIN_VARIABLES if env.get(name, "").strip())
+            stray = sorted(name for name in SINGLE_CHAIN_VARIABLES if env.get(name, "").strip())
             if stray:
                 raise ConfigError(
                     f"RELAY_FLEET: true serves the chains of the registry (ohip-relay chains list), so "
@@ -226,7 +226,7 @@ def log_format_from_env(env: Mapping[str, str]) -> LogFormat:
 
 
 #: The variables that describe the one chain of the single-chain shape (not read with RELAY_FLEET).
-_SINGLE_CHAIN_VARIABLES = (
+SINGLE_CHAIN_VARIABLES = (
     "OHIP_GATEWAY_URL",
     "OHIP_CHAIN_CODE",
     "OHIP_CLIENT_ID",

@@ -62,7 +62,7 @@ from .fallback import (
 from .fleet_health import FleetPlan, FleetPollOptions, Shard, judge_fleet
 from .fleet_state import FleetStore
 from .health import FallbackDecision
-from .registry import RegistryError, RegistryStore, Subscription
+from .registry import RegistryError, RegistryStore, Subscription, settings_for_subscription
 from .state import (
     BATCH_GET_ROUNDS,
     FALLBACK_PREFIX,
@@ -382,21 +382,7 @@ class FleetFallback:
     def settings_for(self, subscription: Subscription) -> Settings:
         """The settings of one subscription: the deployment's, with the subscription's OHIP fields
         and the credentials of its secret (read once per invocation and ARN)."""
-        base = dataclasses.replace(
-            self.settings,
-            gateway_url=subscription.gateway_url,
-            chain_code=subscription.chain_code,
-            secret_arn=subscription.secret_arn,
-            enterprise_id=subscription.enterprise_id,
-            oauth_scope=subscription.oauth_scope,
-            external_system=subscription.external_system,
-            hotel_ids=subscription.hotel_ids,
-            stream_delta=subscription.delta,
-            hotel_code=subscription.hotel_code or "",
-            client_id="",
-            client_secret="",
-            app_key="",
-        )
+        base = settings_for_subscription(self.settings, subscription)
         credentials = self._credentials(subscription, base)
         return dataclasses.replace(
             base,

@@ -269,6 +269,26 @@ def subscription_from_settings(settings: Settings) -> Subscription:
     )
 
 
+def settings_for_subscription(base: Settings, subscription: Subscription) -> Settings:
+    """The deployment's settings for one subscription (the inverse of `subscription_from_settings`):
+    its OHIP fields, and no credentials yet (`runtime.resolve_secrets` reads its secret's)."""
+    return replace(
+        base,
+        gateway_url=subscription.gateway_url,
+        chain_code=subscription.chain_code,
+        secret_arn=subscription.secret_arn,
+        enterprise_id=subscription.enterprise_id,
+        oauth_scope=subscription.oauth_scope,
+        external_system=subscription.external_system,
+        hotel_ids=subscription.hotel_ids,
+        stream_delta=subscription.delta,
+        hotel_code=subscription.hotel_code or "",
+        client_id="",
+        client_secret="",
+        app_key="",
+    )
+
+
 # -- item encoding ------------------------------------------------------------------------------
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import itertools
 import logging
 import os
@@ -65,7 +64,7 @@ from .publish import (
     PublishFailure,
     SqsPublisher,
 )
-from .registry import RegistryListing, RegistryStore, Subscription
+from .registry import RegistryListing, RegistryStore, Subscription, settings_for_subscription
 from .seen import SeenSet
 from .sqs_http import SqsHttpTransport
 from .state import StateStore, StateStoreError, StreamState
@@ -77,8 +76,8 @@ from .stream import (
     ManagedLease,
     StreamConsumer,
     StreamOptions,
-    arm_stop_watchdog,
     options_for,
+    stop_on_signals,
 )
 from .telemetry import Metric, Telemetry
 
@@ -649,21 +648,7 @@ class Scheduler:
         log.info("worker %s left the fleet", self.me)
 
     async def _settings_for(self, subscription: Subscription) -> Settings:
-        base = replace(
-            self.settings,
-            gateway_url=subscription.gateway_url,
-            chain_code=subscription.chain_code,
-            secret_arn=subscription.secret_arn,
-            enterprise_id=subscription.enterprise_id,
-            oauth_scope=subscription.oauth_scope,
-            external_system=subscription.external_system,
-            hotel_ids=subscription.hotel_ids,
-            stream_delta=subscription.delta,
-            hotel_code=subscription.hotel_code or "",
-            client_id="",
-            client_secret="",
-            app_key="",
-        )
+        base = settings_for_subscription(self.settings, subscription)
         arn = subscription.secret_arn
         cached = self._credentials.get(arn)
         if cached is None:
@@ -927,17 +912,6 @@ async def open_scheduler(
 
 async def run_fleet(settings: Settings, *, worker_id: str | None = None) -> int:
     """Run this task's share of the fleet until SIGTERM/SIGINT; returns the exit status."""
-    import signal
-
     async with open_scheduler(settings, worker_id=worker_id) as scheduler:
-        loop = asyncio.get_running_loop()
-
-        def stop() -> None:
-            if not scheduler._stop.is_set():
-                arm_stop_watchdog(loop)
-            scheduler.request_stop()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop)
-        gc.freeze()
+        stop_on_signals(scheduler.request_stop)
         return await scheduler.run()

@@ -232,10 +232,10 @@ def test_task_environment(container: dict[str, Any], resources: dict[str, Any]) 
 
 def test_fleet_task_gets_no_single_chain_variable(container: dict[str, Any]) -> None:
     """config.py refuses the OHIP_* variables with RELAY_FLEET=true: the fleet's task has none."""
-    from ohip_relay.config import _SINGLE_CHAIN_VARIABLES
+    from ohip_relay.config import SINGLE_CHAIN_VARIABLES
 
     fleet = _environment(container, fleet=True)
-    assert not set(fleet) & set(_SINGLE_CHAIN_VARIABLES)
+    assert not set(fleet) & set(SINGLE_CHAIN_VARIABLES)
     assert set(_environment(container, fleet=False)) - set(fleet) == {
         "OHIP_GATEWAY_URL",
         "OHIP_CHAIN_CODE",
