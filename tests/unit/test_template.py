@@ -259,13 +259,20 @@ def test_fleet_parameters(template: dict[str, Any]) -> None:
     assert {"FleetMode", "StreamTasks"} <= set(stream["Parameters"])
 
 
+def test_the_enricher_is_refused_with_a_fleet(template: dict[str, Any]) -> None:
+    """The enricher knows one OPERA environment (the OHIP_* parameters); a fleet serves many."""
+    rule = template["Rules"]["EnricherServesOneEnvironment"]
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "FleetMode"}, "true"]}
+    assert rule["Assertions"][0]["Assert"] == {"Fn::Equals": [{"Ref": "EnableEnricher"}, "false"]}
+
+
 def test_service_never_runs_two_tasks_for_one_chain(
     template: dict[str, Any], resources: dict[str, Any]
 ) -> None:
     service = resources["StreamService"]["Properties"]
     assert service["DesiredCount"] == {"Ref": "StreamTasks"}
     # More than one task only in the fleet, where the leases keep one connection per chain.
-    (rule,) = template["Rules"].values()
+    rule = template["Rules"]["OneTaskPerChain"]
     assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "FleetMode"}, "false"]}
     assert rule["Assertions"][0]["Assert"] == {"Fn::Equals": [{"Ref": "StreamTasks"}, "1"]}
     deployment = service["DeploymentConfiguration"]
