@@ -268,8 +268,16 @@ def _subscription_id(text: str) -> str:
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    from .config import ConfigError, Settings
     from .doctor import DoctorOptions, run_doctor
 
+    if Settings.from_env(os.environ).fleet:
+        raise ConfigError(
+            "RELAY_FLEET: doctor checks the setup of one chain, described by the OHIP_* variables; "
+            "for a fleet, `ohip-relay status` shows every chain, and a chain's credentials and gateway "
+            "can be checked before `chains add` by running doctor with its OHIP_* variables and "
+            "RELAY_FLEET unset"
+        )
     report = asyncio.run(run_doctor(os.environ, DoctorOptions(timeout=args.timeout)))
     print(json.dumps(report.to_dict()) if args.json else report.to_text())
     return report.exit_code

@@ -373,3 +373,24 @@ def test_metrics_output_is_validated(env: dict[str, str]) -> None:
     no_traceback(result.stderr)
     assert result.returncode == 2
     assert "RELAY_METRICS: expected one of auto, emf, off (got 'prometheus')" in result.stderr
+
+
+# -- the fleet shape -------------------------------------------------------------------------------
+
+
+def test_doctor_in_a_fleet_says_what_to_run_instead() -> None:
+    """doctor checks one chain; with RELAY_FLEET=true there is none to check: one line, exit 2."""
+    result = run(["doctor"], {"RELAY_FLEET": "true"})
+    no_traceback(result.stdout, result.stderr)
+    assert result.returncode == 2
+    (line,) = lines(result.stderr)
+    assert "ohip-relay status" in line
+    assert "RELAY_FLEET unset" in line
+
+
+def test_a_fleet_refuses_single_chain_variables_naming_them() -> None:
+    result = run(["stream"], {"RELAY_FLEET": "true", "OHIP_CHAIN_CODE": "CHAIN1", "OHIP_APP_KEY": "k"})
+    no_traceback(result.stdout, result.stderr)
+    assert result.returncode == 2
+    (line,) = lines(result.stderr)
+    assert "OHIP_APP_KEY, OHIP_CHAIN_CODE must not be set" in line
