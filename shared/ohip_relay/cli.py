@@ -268,10 +268,10 @@ def _subscription_id(text: str) -> str:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from .config import ConfigError, Settings
+    from .config import ConfigError, fleet_from_env
     from .doctor import DoctorOptions, run_doctor
 
-    if Settings.from_env(os.environ).fleet:
+    if fleet_from_env(os.environ):
         raise ConfigError(
             "RELAY_FLEET: doctor checks the setup of one chain, described by the OHIP_* variables; "
             "for a fleet, `ohip-relay status` shows every chain, and a chain's credentials and gateway "

@@ -225,6 +225,11 @@ def log_format_from_env(env: Mapping[str, str]) -> LogFormat:
     return _Reader(env).choice("RELAY_LOG_FORMAT", LogFormat, LogFormat.TEXT)
 
 
+def fleet_from_env(env: Mapping[str, str]) -> bool:
+    """`RELAY_FLEET` alone, validated (a command that serves one chain only refuses a fleet)."""
+    return _Reader(env).boolean("RELAY_FLEET", default=False)
+
+
 #: The variables that describe the one chain of the single-chain shape (not read with RELAY_FLEET).
 SINGLE_CHAIN_VARIABLES = (
     "OHIP_GATEWAY_URL",
