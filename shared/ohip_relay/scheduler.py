@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from botocore.config import Config
 
 from . import logcontext
 from .auth import AsyncTokenProvider, OAuthParams
@@ -55,7 +56,7 @@ from .balance import (
 )
 from .config import ConfigError, Settings, SqsTransport
 from .errors import StartupError, one_line
-from .fleet_state import Acquired, FleetStore, Renewal
+from .fleet_state import DEFAULT_RENEW_WORKERS, Acquired, FleetStore, Renewal
 from .publish import (
     OutboundMessage,
     PublisherConfig,
@@ -89,8 +90,14 @@ _T = TypeVar("_T")
 # `forget_after` (the others forget a silent worker after 10 minutes), so only leftovers go this way.
 WORKER_ITEM_TTL = 86400.0
 
+# After the stop, how long leaving the fleet index may take (one DynamoDB write, normally ms).
+LEAVE_TIMEOUT = 10.0
+
 # Threads for the sessions' DynamoDB and S3 calls (checkpoints, fallback marks, seen-set, parking).
 SESSION_THREADS = 32
+# One connection per thread that may call DynamoDB at once (sessions, renewal batch, pass), so
+# that no call opens a connection of its own and throws it away (botocore's default pool is 10).
+FLEET_DYNAMODB_POOL = Config(max_pool_connections=SESSION_THREADS + DEFAULT_RENEW_WORKERS + 4)
 
 
 @dataclass(frozen=True)
@@ -526,6 +533,19 @@ class Scheduler:
             await self._release(held, completed_at=None, keep_handover=False)
             return
         self._secret_problems.pop(chain, None)
+        # The lease runs from the acquire's `now`: an acquire (or a secret read) that answered
+        # late may leave it past the point where the guard closes a session. No connection is
+        # begun on a lease that is not surely ours; the chain is released for the next pass.
+        margin = self.options.lease_seconds - self.options.renew_interval
+        if time.time() >= held.confirmed_at + margin or self._stop.is_set():
+            log.warning(
+                "chain %s: the lease was taken %.1fs ago, too long to start on it; releasing it",
+                chain,
+                time.time() - held.confirmed_at,
+            )
+            held.leaving = "stop"
+            await self._release(held, completed_at=None, keep_handover=False)
+            return
         publisher = self.parts.router.new(self.parts.publisher)
         session = StreamConsumer(
             settings,
@@ -640,7 +660,11 @@ class Scheduler:
         with contextlib.suppress(Exception):
             await self._flush_metrics()
         try:
-            await self._control_call(self.parts.fleet.forget_worker, self.me, time.time())
+            # Bounded: the leases are released already, and a worker item left behind is
+            # forgotten by the others later; a DynamoDB that hangs must not hold the exit.
+            await asyncio.wait_for(
+                self._control_call(self.parts.fleet.forget_worker, self.me, time.time()), LEAVE_TIMEOUT
+            )
         except Exception as exc:
             log.warning(
                 "could not leave the fleet index (%s); the others forget this worker later", one_line(exc)
@@ -864,7 +888,7 @@ async def open_scheduler(
         return (
             aws_client(settings, "sqs", config=PUBLISHER_BOTO_CONFIG),
             aws_client(settings, "s3"),
-            aws_client(settings, "dynamodb", config=STATE_BOTO_CONFIG),
+            aws_client(settings, "dynamodb", config=STATE_BOTO_CONFIG.merge(FLEET_DYNAMODB_POOL)),
             aws_client(settings, "secretsmanager"),
             aws_credentials(settings) if http_transport else None,
         )
