@@ -48,6 +48,7 @@ bench: $(BENCH_STAMP) ## throughput, latency, memory and catch-up side by side; 
 	@$(BIN)/python -m bench.run
 	@$(BIN)/python -m bench.hot_path
 	@$(BIN)/python -m bench.seen_cost
+	@$(BIN)/python -m bench.fleet
 
 # -- infrastructure lint, build and deploy (template.yaml) ------------------------------------
 # The tools live in their own virtual environments, pinned, installed once per machine (stamp files):
