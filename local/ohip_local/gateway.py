@@ -72,6 +72,8 @@ def _check_environment(
     hotels: tuple[str, ...],
     first_offset: int,
     first_offsets: tuple[tuple[str, int], ...],
+    system_chains: tuple[tuple[str, str], ...] = (),
+    external_systems: tuple[str, ...] = (),
 ) -> None:
     """The rules every environment's settings follow; `what` ("gateway", "environment") names it."""
     if not chains:
@@ -83,6 +85,11 @@ def _check_environment(
             raise GatewayError(f"{what} first offsets name an unknown chain {chain!r}")
         if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
             raise GatewayError(f"{what} first offset must be an integer from 0 to {MAX_OFFSET}")
+    for system, chain in system_chains:
+        if system not in external_systems or chain not in chains:
+            raise GatewayError(
+                f"{what} system chains pair {system!r} with {chain!r}: not its system and chain"
+            )
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,7 @@ class EnvironmentConfig:
     oauth_app_key: str | None = None
     first_offset: int = FIRST_OFFSET
     first_offsets: tuple[tuple[str, int], ...] = ()
+    system_chains: tuple[tuple[str, str], ...] = ()
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -116,6 +124,8 @@ class EnvironmentConfig:
             self.hotels,
             self.first_offset,
             self.first_offsets,
+            self.system_chains,
+            self.external_systems,
         )
 
     @property
@@ -162,6 +172,11 @@ class GatewayConfig:
     # adversarial: a relay must not treat offset 0 as "nothing" nor assume a 64-bit integer.
     first_offset: int = FIRST_OFFSET
     first_offsets: tuple[tuple[str, int], ...] = ()
+    # (external system, chain) pairs: a system named here is one chain's (or a few chains') and its
+    # poll queue gets only their events, as in OPERA, where an external system is set up per chain;
+    # a system not named gets every chain's events. Two subscriptions of one environment need
+    # systems of their own (docs/poll-fallback.md, "Known limits").
+    system_chains: tuple[tuple[str, str], ...] = ()
     # Environments 1, 2, ... beside environment 0 (the fields above): see `environment(i)`.
     environments: tuple[EnvironmentConfig, ...] = ()
     # False is ADVERSARIAL: a second subscriber for the same app key and chain is let through
@@ -178,6 +193,8 @@ class GatewayConfig:
             self.hotels,
             self.first_offset,
             self.first_offsets,
+            self.system_chains,
+            self.external_systems,
         )
         for name in ("token_lifetime", "init_timeout", "server_ping_interval", "pong_timeout", "retention"):
             if getattr(self, name) <= 0:
@@ -267,7 +284,7 @@ def fleet_config(
         for i in range(1, environments)
     )
     return dataclasses.replace(
-        base, chains=chains(0), approved_chains=None, first_offsets=(), environments=more
+        base, chains=chains(0), approved_chains=None, first_offsets=(), system_chains=(), environments=more
     )
 
 
@@ -330,6 +347,13 @@ class GatewayContext:
         ]
 
 
+def _system_chains(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for system, chain in pairs:
+        out.setdefault(system, []).append(chain)
+    return out
+
+
 def config_from_environment(config: GatewayConfig, environ: Mapping[str, str] | None = None) -> GatewayConfig:
     """`config` with `OHIP_LOCAL_FIRST_OFFSET` (when set) as every chain's first offset, in every
     environment."""
@@ -382,6 +406,7 @@ class GatewayEnvironment:
                 seed=cfg.seed,
                 first_offset=cfg.first_offset,
                 first_offsets=dict(cfg.first_offsets),
+                system_chains=_system_chains(cfg.system_chains),
             ),
             tokens=TokenStore(cfg.token_lifetime, clock),
             generator=EventGenerator(seed=cfg.seed, hotels=cfg.hotels),

@@ -25,7 +25,7 @@ import itertools
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -170,8 +170,12 @@ class EventSource:
         seed: int = 1,
         first_offset: int = FIRST_OFFSET,
         first_offsets: Mapping[str, int] | None = None,
+        system_chains: Mapping[str, Collection[str]] | None = None,
     ) -> None:
-        """`first_offset`: where every chain's log starts; `first_offsets`: per chain, overriding it."""
+        """`first_offset`: where every chain's log starts; `first_offsets`: per chain, overriding it.
+        `system_chains`: the chains an external system belongs to (in OPERA an external system is
+        configured for a chain): its poll queue gets only their events. A system not named gets
+        every chain's events."""
         check_offset(first_offset, "first_offset")
         starts = dict(first_offsets or {})
         unknown = set(starts) - set(chains)
@@ -189,6 +193,15 @@ class EventSource:
         self._listeners: dict[str, list[Listener]] = {}
         self._all_listeners: list[Listener] = []
         self._poll: dict[str, deque[StoredEvent]] = {code: deque() for code in external_systems}
+        self._system_chains = {code: frozenset(chains) for code, chains in (system_chains or {}).items()}
+        strays = sorted(set(self._system_chains) - set(self._poll))
+        if strays:
+            raise ValueError(f"system_chains names an unknown external system: {strays[0]}")
+        for code, members in sorted(self._system_chains.items()):
+            if members - self._known:
+                raise ValueError(
+                    f"system_chains of {code} names an unknown chain: {sorted(members - self._known)[0]}"
+                )
         self._reset_listeners: list[ResetListener] = []
         self.retention = retention
         self.clock = clock
@@ -257,8 +270,10 @@ class EventSource:
         log.offsets.append(offset)
         log.events.append(event)
         log.history.append(event)
-        for queue in self._poll.values():
-            queue.append(event)
+        for code, queue in self._poll.items():
+            members = self._system_chains.get(code)
+            if members is None or chain in members:
+                queue.append(event)
         for listener in [*self._all_listeners, *self._listeners.get(chain, ())]:
             listener(event)
         return event

@@ -141,6 +141,17 @@ def test_every_external_system_gets_every_event_of_every_chain() -> None:
     assert source.dequeue("SYS2", 1) == []
 
 
+def test_an_external_system_of_one_chain_gets_only_that_chain_s_events() -> None:
+    source = make_source(system_chains={"SYS1": ["C1"]})
+    events = [source.append("C1", draft()), source.append("C2", draft())]
+    assert source.dequeue("SYS1", 10) == events[:1]
+    assert source.dequeue("SYS2", 10) == events  # named nowhere: every chain's events
+    with pytest.raises(ValueError, match="unknown external system: NOPE"):
+        make_source(system_chains={"NOPE": ["C1"]})
+    with pytest.raises(ValueError, match="SYS1 names an unknown chain: C9"):
+        make_source(system_chains={"SYS1": ["C9"]})
+
+
 def test_dequeue_by_hotel_keeps_the_others_in_order() -> None:
     source = make_source()
     events = [source.append("C1", draft(hotel=h, key=str(i))) for i, h in enumerate("ABABCA")]
