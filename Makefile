@@ -36,6 +36,10 @@ CHAOS_JOBS ?= 1
 chaos: $(STAMP) ## seeded fault schedules against the local stack; invariants checked (CHAOS_SCHEDULES, CHAOS_SEED, CHAOS_JOBS)
 	@$(BIN)/ohip-relay local chaos --schedules $(CHAOS_SCHEDULES) --seed $(CHAOS_SEED) --jobs $(CHAOS_JOBS)
 
+.PHONY: chaos-fleet
+chaos-fleet: $(STAMP) ## fleet schedules (relays killed and started, registry changes); invariants per chain (CHAOS_SCHEDULES, CHAOS_SEED, CHAOS_JOBS)
+	@$(BIN)/ohip-relay local chaos --fleet --schedules $(CHAOS_SCHEDULES) --seed $(CHAOS_SEED) --jobs $(CHAOS_JOBS)
+
 # The benchmark (docs/benchmarks.md): its own pins (chart, profiler) go into .venv beside the project's.
 # BENCH_SCALE=0.2 for a quicker run; BENCH_PROFILE=1 samples the relay with py-spy.
 BENCH_STAMP := $(VENV)/.installed-bench

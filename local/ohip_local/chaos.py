@@ -103,17 +103,22 @@ __all__ = [
     "STREAM_REPLAY",
     "UNDOCUMENTED",
     "EmittedEvent",
+    "RunRecord",
     "Schedule",
     "ScheduleResult",
     "Step",
     "Verdict",
+    "await_delivery",
     "check_invariants",
     "checkpoint_regressions",
     "classify_duplicates",
+    "fresh_stack",
     "generate_schedule",
     "personal_data_hits",
     "run_chaos",
     "run_schedule",
+    "run_tick",
+    "wait_out_faults",
 ]
 
 log = logging.getLogger(__name__)
@@ -486,6 +491,10 @@ class ScheduleResult:
     covered: int = 0  # missing by identity, suppressed against a lookalike's poll copy: no loss
     duration: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase (see _Run.phase)
+    # Fleet schedules (fleet_chaos.py): one row per subscription (fleet_demo.ChainAccount, with its
+    # environment's connection detector), and the events of disabled chains held by OHIP.
+    chains: list[dict[str, Any]] = field(default_factory=list)
+    held: int = 0
 
     @property
     def ok(self) -> bool:
@@ -494,6 +503,8 @@ class ScheduleResult:
     def row(self) -> str:
         dups = sum(self.duplicates.values())
         status = "ok" if self.ok else "FAIL: " + "; ".join(self.problems)
+        if self.held:  # fleet: events of disabled chains that OHIP keeps (neither delivered nor lost)
+            status += f" ({self.held} held)"
         return (
             f"{self.seed:>6} {self.steps:>5} {self.emitted:>7} {self.delivered:>9} {dups:>5} "
             f"{self.lost:>4} {self.duration:>7.1f}s  {status}"
@@ -518,6 +529,15 @@ def summarise(results: Sequence[ScheduleResult], wall: float) -> list[str]:
         f"  lost {sum(r.lost for r in results)}, unexpected {sum(r.unexpected for r in results)}"
         f" (missing by identity but covered by a lookalike's poll copy: {sum(r.covered for r in results)})",
         "  duplicates " + (", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) if kinds else "none"),
+        *(
+            [
+                f"  chains {sum(len(r.chains) for r in results)}; held (disabled, after their final "
+                f"checkpoint) {sum(r.held for r in results)}; most live subscriptions of one chain "
+                f"{max((int(c.get('max_live', 0)) for r in results for c in r.chains), default=0)}"
+            ]
+            if any(r.chains for r in results)
+            else []
+        ),
         f"  failed schedules {len(failed)}"
         + (f" (seeds {', '.join(str(r.seed) for r in failed)})" if failed else ""),
         f"  took {wall:.0f}s ({wall / max(1, len(results)):.1f}s per schedule)",
@@ -581,7 +601,117 @@ class _Sampler:
             self.sample()
 
 
-class _Run:
+def run_tick(
+    env: Mapping[str, str], cwd: Path, time_limit: float = 30.0, *, drop: Iterable[str] = ()
+) -> tuple[int, list[str], str]:
+    """`ohip-relay poll` as the scheduled Lambda runs it, a child process with `env` over ours
+    (less the variables in `drop`): (exit status, its output lines, its last line)."""
+    full = {**os.environ, **env}
+    for name in drop:
+        full.pop(name, None)
+    tick = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "ohip_relay.cli", "poll", "--time-limit", f"{time_limit:g}"],
+        env=full,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=max(120.0, time_limit * 4),
+        check=False,
+    )
+    summary = (tick.stdout.strip() or tick.stderr.strip() or "(no output)").splitlines()[-1]
+    return tick.returncode, tick.stdout.splitlines() + tick.stderr.splitlines(), summary
+
+
+def wait_out_faults(proxy: FaultProxy, done: Callable[[], bool], keep_alive: Callable[[], object]) -> float:
+    """After the steps: let the AWS faults run out (their count or duration) for at most
+    `FAULT_GRACE`, or until `done()`; then clear them. Returns the seconds waited."""
+    started = time.monotonic()
+    while proxy.active() and time.monotonic() < started + FAULT_GRACE:
+        keep_alive()
+        if done():
+            break
+        time.sleep(0.2)
+    proxy.clear()
+    return time.monotonic() - started
+
+
+def await_delivery(
+    on_queue: Callable[[], int],
+    wanted: int,
+    *,
+    tick: Callable[[], object],
+    keep_alive: Callable[[], object],
+    say: Callable[[str], None],
+) -> bool:
+    """Until `on_queue()` reaches `wanted` (False after `DELIVERY_TIMEOUT`): `keep_alive()` between
+    looks, and `tick()` whenever no new event reached the queue for `TICK_EVERY`, as the scheduled
+    Lambda would run one (it re-delivers spilled pages and covers a stream that is down)."""
+    started = time.monotonic()
+    count = on_queue()
+    moved = started  # when the last new event reached the queue, or the last tick ended
+    next_report = started + 5
+    while count < wanted:
+        now = time.monotonic()
+        if now > started + DELIVERY_TIMEOUT:
+            return False
+        keep_alive()
+        if now - moved > TICK_EVERY:
+            tick()
+            moved = time.monotonic()
+        if now > next_report:
+            say(f"delivery: {count} of {wanted} on the queue")
+            next_report = now + 5
+        time.sleep(0.2)
+        arrived = on_queue()
+        if arrived > count:
+            count, moved = arrived, time.monotonic()
+    return True
+
+
+class RunRecord:
+    """What the run of a schedule has (its gateway, stack, fault proxy and the gateway's control
+    client) and keeps besides its verdict: notes, where its time went (`phase`), its ticks' log
+    lines and its relays' exit statuses after SIGTERM; `say` prints a line about it with -v.
+    (The single chain's `_Run` and the fleet's `fleet_chaos._FleetRun`.)"""
+
+    def __init__(
+        self, seed: int, *, gateway: LocalGateway, stack: ProvisionedStack, proxy: FaultProxy, verbose: bool
+    ) -> None:
+        self.seed = seed
+        self.gateway = gateway
+        self.stack = stack
+        self.proxy = proxy
+        self.verbose = verbose
+        self.control = ControlClient(gateway.control_url, timeout=120)
+        self.tick_lines: list[str] = []
+        self.sigterm_exits: list[int] = []
+        self.notes: list[str] = []
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the wall time of the block to `timings[name]` (where a schedule's time goes)."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.monotonic() - started, 3)
+
+    def say(self, text: str) -> None:
+        if self.verbose:
+            _say(f"  [{self.seed}] {text}")
+
+    def run_step(self, step: Step) -> None:
+        """One step, timed under its kind (said with -v)."""
+        with self.phase(f"step {step.kind}"):
+            self.say(step.describe())
+            self._run_step(step)
+
+    def _run_step(self, step: Step) -> None:
+        raise NotImplementedError
+
+
+class _Run(RunRecord):
     """One schedule on a fresh gateway, a freshly provisioned table and queue, and a fault proxy."""
 
     def __init__(
@@ -594,13 +724,9 @@ class _Run:
         proxy: FaultProxy,
         verbose: bool,
     ) -> None:
+        super().__init__(schedule.seed, gateway=gateway, stack=stack, proxy=proxy, verbose=verbose)
         self.schedule = schedule
-        self.gateway = gateway
         self.config = config
-        self.stack = stack
-        self.proxy = proxy
-        self.verbose = verbose
-        self.control = ControlClient(gateway.control_url, timeout=120)
         self.chain = config.chains[0]
         self.cwd = Path(os.getcwd())
         self.env = {  # the stream's (StreamTaskRole); a tick adds the poll role's credentials
@@ -626,25 +752,8 @@ class _Run:
         self.sqs = _sqs(stack.endpoint_url, stack.region)  # moto itself, not the fault proxy
         self.relays: list[RelayProcess] = []
         self.relay: RelayProcess | None = None
-        self.tick_lines: list[str] = []
-        self.sigterm_exits: list[int] = []
-        self.notes: list[str] = []
-        self.timings: dict[str, float] = {}
 
     # -- helpers -----------------------------------------------------------------------------
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        """Add the wall time of the block to `timings[name]` (where a schedule's time goes)."""
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            self.timings[name] = round(self.timings.get(name, 0.0) + time.monotonic() - started, 3)
-
-    def say(self, text: str) -> None:
-        if self.verbose:
-            _say(f"  [{self.schedule.seed}] {text}")
 
     def start_relay(self) -> RelayProcess:
         echo = (lambda line: _say(f"      relay | {line}")) if self.verbose else None
@@ -705,18 +814,10 @@ class _Run:
             return self._tick(time_limit)
 
     def _tick(self, time_limit: float) -> str:
-        tick = subprocess.run(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "ohip_relay.cli", "poll", "--time-limit", f"{time_limit:g}"],
-            env={**os.environ, **self.env, **self.stack.credentials(POLL_ROLE).environment()},
-            cwd=self.cwd,
-            capture_output=True,
-            text=True,
-            timeout=max(120.0, time_limit * 4),
-            check=False,
-        )
-        self.tick_lines += tick.stdout.splitlines() + tick.stderr.splitlines()
-        summary = (tick.stdout.strip() or tick.stderr.strip() or "(no output)").splitlines()[-1]
-        self.say(f"tick (limit {time_limit:g}s, exit {tick.returncode}): {summary}")
+        env = {**self.env, **self.stack.credentials(POLL_ROLE).environment()}
+        code, lines, summary = run_tick(env, self.cwd, time_limit)
+        self.tick_lines += lines
+        self.say(f"tick (limit {time_limit:g}s, exit {code}): {summary}")
         return summary
 
     def events(self) -> list[Any]:
@@ -728,13 +829,8 @@ class _Run:
 
     # -- steps -------------------------------------------------------------------------------
 
-    def run_step(self, step: Step) -> None:
-        with self.phase(f"step {step.kind}"):
-            self._run_step(step)
-
     def _run_step(self, step: Step) -> None:
         p = step.params
-        self.say(step.describe())
         if step.kind == "emit":
             if "offset_jump" in p:
                 self.control.offset_jump(skip=int(p["offset_jump"]))
@@ -826,41 +922,21 @@ class _Run:
                 lambda: self.control.state()["background_emits"] == 0, timeout=300, interval=0.2, what="emits"
             )
         emitted = self.emitted_events()
-        grace_started = time.monotonic()
+
+        def on_queue() -> int:
+            return reconcile(emitted, reader.snapshot().bodies).delivered
+
         # An AWS fault stays on through the steps after it (the steps themselves take no time, the
         # emits run in the background): until its count or duration runs out, every event is on
         # the queue, or FAULT_GRACE passes.
-        grace_until = time.monotonic() + FAULT_GRACE
-        while self.proxy.active() and time.monotonic() < grace_until:
-            self.ensure_relay()
-            if reconcile(emitted, reader.snapshot().bodies).delivered >= len(emitted):
-                break
-            time.sleep(0.2)
-        self.timings["settle grace"] = round(time.monotonic() - grace_started, 3)
-        self.proxy.clear()
+        waited = wait_out_faults(self.proxy, lambda: on_queue() >= len(emitted), self.ensure_relay)
+        self.timings["settle grace"] = round(waited, 3)
         self.ensure_relay()
         delivery_started = time.monotonic()
-        deadline = delivery_started + DELIVERY_TIMEOUT
-        wanted = len(emitted)
-        on_queue = reconcile(emitted, reader.snapshot().bodies).delivered
-        moved = delivery_started  # when the last new event reached the queue, or the last tick ended
-        next_report = delivery_started + 5
-        while on_queue < wanted:
-            now = time.monotonic()
-            if now > deadline:
-                self.notes.append(f"not every event on the queue after {DELIVERY_TIMEOUT:g}s")
-                break
-            self.ensure_relay()
-            if now - moved > TICK_EVERY:
-                self.tick()  # re-delivers spilled pages, as the scheduled Lambda would
-                moved = time.monotonic()
-            if now > next_report:
-                self.say(f"delivery: {on_queue} of {wanted} on the queue")
-                next_report = now + 5
-            time.sleep(0.2)
-            arrived = reconcile(emitted, reader.snapshot().bodies).delivered
-            if arrived > on_queue:
-                on_queue, moved = arrived, time.monotonic()
+        if not await_delivery(
+            on_queue, len(emitted), tick=self.tick, keep_alive=self.ensure_relay, say=self.say
+        ):
+            self.notes.append(f"not every event on the queue after {DELIVERY_TIMEOUT:g}s")
         self.timings["settle delivery"] = round(time.monotonic() - delivery_started, 3)
         assert self.relay is not None
         self.sigterm(self.relay)
@@ -896,18 +972,27 @@ def _reset_moto(endpoint: str) -> None:
     httpx.post(f"{endpoint}/moto-api/reset", timeout=60).raise_for_status()
 
 
+def fresh_stack(
+    moto_endpoint: str, template: Path, stack_name: str, timings: dict[str, float]
+) -> ProvisionedStack:
+    """A clean local stack for one schedule: moto reset, the template provisioned again (the
+    seconds each took in `timings`)."""
+    mark = time.monotonic()
+    _reset_moto(moto_endpoint)
+    timings["moto reset"] = round(time.monotonic() - mark, 3)
+    mark = time.monotonic()
+    stack = provision(moto_endpoint, template, stack_name=stack_name, region=DEFAULT_REGION)
+    timings["provision"] = round(time.monotonic() - mark, 3)
+    return stack
+
+
 def run_schedule(
     schedule: Schedule, *, moto_endpoint: str, template: Path, verbose: bool = False
 ) -> ScheduleResult:
     """Run one schedule on a clean local stack (moto reset and provisioned again) and check it."""
     started = time.monotonic()
     result = ScheduleResult(seed=schedule.seed, steps=len(schedule.steps), plan=schedule.describe())
-    mark = time.monotonic()
-    _reset_moto(moto_endpoint)
-    result.timings["moto reset"] = round(time.monotonic() - mark, 3)
-    mark = time.monotonic()
-    stack = provision(moto_endpoint, template, stack_name="ohip-relay-chaos", region=DEFAULT_REGION)
-    result.timings["provision"] = round(time.monotonic() - mark, 3)
+    stack = fresh_stack(moto_endpoint, template, "ohip-relay-chaos", result.timings)
     first_offset = FIRST_OFFSET if schedule.first_offset is None else schedule.first_offset
     config = GatewayConfig(seed=schedule.seed, first_offset=first_offset)
     mark = time.monotonic()
@@ -996,9 +1081,11 @@ def run_chaos(
     minutes: float | None = None,
     jobs: int = 1,
     seeds: Sequence[int] | None = None,
+    fleet: bool = False,
 ) -> list[ScheduleResult]:
     """Run schedules `seed` .. `seed + schedules - 1` (or exactly `seeds`, when given: the failed
     seeds of an earlier run, say); print a row per schedule and a summary.
+    `fleet`: the fleet's schedules (fleet_chaos.py) instead of the single chain's.
     `minutes`: start no schedule after this much wall time (the summary says how many ran).
     `jobs`: how many schedules run at once, each job in a worker process with its own moto,
     gateway and fault proxy (rows are printed as schedules finish; the result list is in seed
@@ -1023,6 +1110,7 @@ def run_chaos(
             on_result=on_result,
             minutes=minutes,
             jobs=max(1, min(jobs, len(chosen))),
+            fleet=fleet,
         )
     finally:
         for name, level in quieted.items():
@@ -1041,16 +1129,40 @@ def _seed_range(seeds: Sequence[int]) -> str:
     return f"seeds {', '.join(str(n) for n in seeds)}"
 
 
-def _run_one(n: int, *, short: bool, verbose: bool, endpoint: str, template: Path) -> ScheduleResult:
-    """Schedule `n`, run and checked; a harness failure (its relays killed) is a failed result."""
+def _plan(n: int, *, short: bool, fleet: bool) -> tuple[int, str]:
+    """(steps, description) of schedule `n`."""
+    if fleet:
+        from .fleet_chaos import generate_fleet_schedule
+
+        plan = generate_fleet_schedule(n, short=short)
+        return len(plan.steps), plan.describe()
     schedule = generate_schedule(n, short=short)
+    return len(schedule.steps), schedule.describe()
+
+
+def _run_one(
+    n: int, *, short: bool, verbose: bool, endpoint: str, template: Path, fleet: bool = False
+) -> ScheduleResult:
+    """Schedule `n`, run and checked; a harness failure (its relays killed) is a failed result."""
+    steps, plan = _plan(n, short=short, fleet=fleet)
     if verbose:
-        _say(f"  [{n}] plan: {schedule.describe()}")
+        _say(f"  [{n}] plan: {plan}")
     try:
-        return run_schedule(schedule, moto_endpoint=endpoint, template=template, verbose=verbose)
+        if fleet:
+            from .fleet_chaos import generate_fleet_schedule, run_fleet_schedule
+
+            return run_fleet_schedule(
+                generate_fleet_schedule(n, short=short),
+                moto_endpoint=endpoint,
+                template=template,
+                verbose=verbose,
+            )
+        return run_schedule(
+            generate_schedule(n, short=short), moto_endpoint=endpoint, template=template, verbose=verbose
+        )
     except Exception as exc:
         log.exception("schedule %s: the harness failed", n)
-        result = ScheduleResult(seed=n, steps=len(schedule.steps), plan=schedule.describe())
+        result = ScheduleResult(seed=n, steps=steps, plan=plan)
         result.problems.append(f"harness: {type(exc).__name__}: {exc}")
         return result
 
@@ -1064,14 +1176,16 @@ def _run_chaos(
     on_result: Callable[[ScheduleResult], None] | None,
     minutes: float | None,
     jobs: int,
+    fleet: bool = False,
 ) -> list[ScheduleResult]:
     template = find_template()
     started = time.monotonic()
     results: list[ScheduleResult] = []
     jobs_note = f", {jobs} at a time" if jobs > 1 else ""
-    kind = " (short)" if short else ""
-    _say(f"ohip-relay chaos: {len(seeds)} schedule(s) {_seed_range(seeds)}{kind}{jobs_note}")
-    _say(f"  replay one: ohip-relay local chaos --seed N --schedules 1{' --short' if short else ''} -v")
+    kind = (" fleet" if fleet else "") + (" (short)" if short else "")
+    flags = (" --fleet" if fleet else "") + (" --short" if short else "")
+    _say(f"ohip-relay chaos: {len(seeds)}{kind} schedule(s) {_seed_range(seeds)}{jobs_note}")
+    _say(f"  replay one: ohip-relay local chaos{flags} --seed N --schedules 1 -v")
     _say(TABLE_HEADER)
 
     def record(result: ScheduleResult) -> None:
@@ -1083,7 +1197,7 @@ def _run_chaos(
             _say("         timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
         if out is not None:
             with out.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps({**asdict(result), "short": short}) + "\n")
+                fh.write(json.dumps({**asdict(result), "short": short, "fleet": fleet}) + "\n")
         if on_result is not None:
             on_result(result)
 
@@ -1099,7 +1213,11 @@ def _run_chaos(
                 for n in seeds:
                     if not budget_left(n):
                         break
-                    record(_run_one(n, short=short, verbose=verbose, endpoint=endpoint, template=template))
+                    record(
+                        _run_one(
+                            n, short=short, verbose=verbose, endpoint=endpoint, template=template, fleet=fleet
+                        )
+                    )
         else:
             _run_parallel(
                 seeds,
@@ -1108,6 +1226,7 @@ def _run_chaos(
                 verbose=verbose,
                 record=record,
                 budget_left=budget_left,
+                fleet=fleet,
             )
     except KeyboardInterrupt:
         # Ctrl-C, or SIGTERM from a CI timeout: what finished is still worth its summary.
@@ -1139,13 +1258,20 @@ _WORKER_RESTARTS = 3  # workers that died mid-schedule are replaced this many ti
 
 class _Worker:
     def __init__(
-        self, number: int, *, short: bool, verbose: bool, events: queue.Queue[tuple[_Worker, str | None]]
+        self,
+        number: int,
+        *,
+        short: bool,
+        verbose: bool,
+        events: queue.Queue[tuple[_Worker, str | None]],
+        fleet: bool = False,
     ) -> None:
         self.number = number
         self.seed: int | None = None
         self.finished = False
         command = [sys.executable, "-m", "ohip_local.chaos", "--worker"]
         command += ["--short"] if short else []
+        command += ["--fleet"] if fleet else []
         command += ["-v"] if verbose else []
         self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             command,
@@ -1193,6 +1319,7 @@ def _run_parallel(
     verbose: bool,
     record: Callable[[ScheduleResult], None],
     budget_left: Callable[[int], bool],
+    fleet: bool = False,
 ) -> None:
     events: queue.Queue[tuple[_Worker, str | None]] = queue.Queue()
     pending = iter(seeds)
@@ -1211,7 +1338,7 @@ def _run_parallel(
         return n
 
     def start(number: int) -> None:
-        worker = _Worker(number, short=short, verbose=verbose, events=events)
+        worker = _Worker(number, short=short, verbose=verbose, events=events, fleet=fleet)
         workers.append(worker)
         worker.give(next_seed())
 
@@ -1224,10 +1351,8 @@ def _run_parallel(
                 worker.finished = True
                 code = worker.proc.wait()
                 if worker.seed is not None:  # it died with a schedule in hand
-                    schedule = generate_schedule(worker.seed, short=short)
-                    result = ScheduleResult(
-                        seed=worker.seed, steps=len(schedule.steps), plan=schedule.describe()
-                    )
+                    steps, plan = _plan(worker.seed, short=short, fleet=fleet)
+                    result = ScheduleResult(seed=worker.seed, steps=steps, plan=plan)
                     result.problems.append(
                         f"harness: the worker process exited with {code} during the schedule"
                     )
@@ -1248,7 +1373,9 @@ def _run_parallel(
                 worker.kill_group()
 
 
-def _worker(*, short: bool, verbose: bool) -> int:  # pragma: no cover - runs as _Worker's process
+def _worker(
+    *, short: bool, verbose: bool, fleet: bool = False
+) -> int:  # pragma: no cover - _Worker's process
     """One job of a parallel run: seeds from stdin, one result line per seed on stdout."""
     from ohip_relay.cli import configure_logging
 
@@ -1269,7 +1396,9 @@ def _worker(*, short: bool, verbose: bool) -> int:  # pragma: no cover - runs as
         for line in sys.stdin:
             if not line.strip():
                 continue
-            result = _run_one(int(line), short=short, verbose=verbose, endpoint=endpoint, template=template)
+            result = _run_one(
+                int(line), short=short, verbose=verbose, endpoint=endpoint, template=template, fleet=fleet
+            )
             print(_RESULT_MARK + json.dumps(asdict(result)), flush=True)
     return 0
 
@@ -1284,11 +1413,12 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - `pytho
     parser.add_argument("--out", type=Path)
     parser.add_argument("--minutes", type=float)
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--fleet", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.worker:
-        return _worker(short=args.short, verbose=args.verbose)
+        return _worker(short=args.short, verbose=args.verbose, fleet=args.fleet)
     results = run_chaos(
         schedules=args.schedules,
         seed=args.seed,
@@ -1297,6 +1427,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - `pytho
         out=args.out,
         minutes=args.minutes,
         jobs=args.jobs,
+        fleet=args.fleet,
     )
     return 0 if all(r.ok for r in results) else 1
 

@@ -159,6 +159,7 @@ def _chaos(args: argparse.Namespace) -> int:
         out=out,
         minutes=args.minutes,
         jobs=args.jobs,
+        fleet=args.fleet,
     )
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
@@ -246,6 +247,12 @@ def add_local_parser(commands: Any) -> None:
     chaos.add_argument("--schedules", type=int, default=20, help="how many schedules (default 20)")
     chaos.add_argument("--seed", type=int, default=1, help="the first schedule's seed (default 1)")
     chaos.add_argument("--short", action="store_true", help="the CI cut: fewer steps, smaller bursts")
+    chaos.add_argument(
+        "--fleet",
+        action="store_true",
+        help="fleet schedules: relays killed and started, registry changes, per-chain faults; "
+        "the invariants per chain (docs/chaos.md)",
+    )
     chaos.add_argument("--out", help="append one JSON line per schedule to this file")
     chaos.add_argument("--minutes", type=_positive, help="start no schedule after this many minutes")
     chaos.add_argument(

@@ -120,11 +120,13 @@ def judge_fleet(
     enabled: Collection[str],
     now: float,
     worker_timeout: float,
+    balanced: bool = True,
 ) -> FleetJudgement:
     """Settled: exactly the `workers` are live (heartbeat younger than `worker_timeout`), every
     enabled chain is listed by exactly one live worker and is connected there, no live worker lists
     anything else (a disabled chain, a chain on its way out), and the loads differ by at most one
-    (balance.py moves a chain only between workers two or more apart)."""
+    (balance.py moves a chain only between workers two or more apart; not asked when `balanced`
+    is False: every chain connected once is enough)."""
     live = {w: r for w, r in records.items() if now - r.heartbeat_at < worker_timeout}
     loads = {w: len(r.chains) for w, r in live.items()}
     listed: dict[str, list[str]] = {}
@@ -158,7 +160,7 @@ def judge_fleet(
     stray = sorted(set(listed) - set(enabled))
     if stray:
         return verdict(f"{stray[0]} is not enabled but still listed by worker {listed[stray[0]][0]}")
-    if loads and max(loads.values()) - min(loads.values()) > 1:
+    if balanced and loads and max(loads.values()) - min(loads.values()) > 1:
         return verdict(f"loads {_loads(loads.values())} are not even yet")
     return verdict("")
 
@@ -319,6 +321,7 @@ class _Fleet:
     worker_timeout: float
     relays: list[_Relay] = field(default_factory=list)
     enabled: set[str] = field(default_factory=set)
+    echo_warnings: bool = True  # a relay's WARNING and ERROR lines on stdout even when not verbose
 
     def __post_init__(self) -> None:
         ddb = local_client("dynamodb", self.stack.endpoint_url, self.stack.region)
@@ -330,7 +333,7 @@ class _Fleet:
         name = f"relay-{len(self.relays) + 1}"
         path = self.run_dir / f"{name}.log"
         log_file = path.open("w", encoding="utf-8")
-        echo = _relay_echo(name, log_file, self.verbose)
+        echo = _relay_echo(name, log_file, self.verbose, self.echo_warnings)
         process = RelayProcess(["stream"], self.relay_env, echo=echo, cwd=Path(os.getcwd()))
         for variable in _SINGLE_CHAIN:
             process.env.pop(variable, None)
@@ -354,7 +357,7 @@ class _Fleet:
                     f"see {relay.log_path}"
                 )
 
-    def judge(self) -> FleetJudgement:
+    def judge(self, balanced: bool = True) -> FleetJudgement:
         view = self.store.read_fleet()
         return judge_fleet(
             view.workers,
@@ -362,14 +365,17 @@ class _Fleet:
             enabled=self.enabled,
             now=time.time(),
             worker_timeout=self.worker_timeout,
+            balanced=balanced,
         )
 
-    def settle(self, since: float) -> tuple[float, FleetJudgement]:
+    def settle(
+        self, since: float, *, balanced: bool = True, timeout: float = SETTLE_TIMEOUT
+    ) -> tuple[float, FleetJudgement]:
         """Poll the worker items until the fleet has settled; (seconds since `since`, judgement).
         Raises `HarnessError` naming what was still wrong at the deadline."""
-        deadline = time.monotonic() + SETTLE_TIMEOUT
+        deadline = time.monotonic() + timeout
         while True:
-            judgement = self.judge()
+            judgement = self.judge(balanced)
             if judgement.settled:
                 return time.monotonic() - since, judgement
             dead = [r for r in self.running() if r.process.returncode is not None]
@@ -378,9 +384,7 @@ class _Fleet:
                     f"{dead[0].name} exited with status {dead[0].process.returncode}; see {dead[0].log_path}"
                 )
             if time.monotonic() >= deadline:
-                raise HarnessError(
-                    f"the fleet did not settle within {SETTLE_TIMEOUT:g}s: {judgement.problem}"
-                )
+                raise HarnessError(f"the fleet did not settle within {timeout:g}s: {judgement.problem}")
             time.sleep(POLL_INTERVAL)
 
     def name_of(self, worker: str) -> str:
@@ -417,7 +421,7 @@ class _Fleet:
                 relay.log_file.close()
 
 
-def _relay_echo(name: str, log_file: IO[str], verbose: bool) -> Callable[[str], None]:
+def _relay_echo(name: str, log_file: IO[str], verbose: bool, warnings: bool = True) -> Callable[[str], None]:
     lock = threading.Lock()
 
     def echo(line: str) -> None:
@@ -425,7 +429,7 @@ def _relay_echo(name: str, log_file: IO[str], verbose: bool) -> Callable[[str], 
             if not log_file.closed:
                 log_file.write(line + "\n")
                 log_file.flush()
-        if verbose or " WARNING " in line or " ERROR " in line:
+        if verbose or (warnings and (" WARNING " in line or " ERROR " in line)):
             print(f"    {name} | {line[24:] if line[:4].isdigit() else line}", flush=True)
 
     return echo

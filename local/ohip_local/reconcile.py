@@ -77,16 +77,23 @@ class EmittedEvent:
         return poll_event_id(self.chain, self.business_event_id)
 
 
-def emitted_event(event: StoredEvent, relayed_at: datetime | None = None) -> EmittedEvent:
-    """`event` with its content key, computed by the relay's own code from its Poll API item."""
+def emitted_event(
+    event: StoredEvent, relayed_at: datetime | None = None, *, subscription: str | None = None
+) -> EmittedEvent:
+    """`event` with its content key, computed by the relay's own code from its Poll API item.
+    `subscription`: the registry id the relay serves the chain under when it is not the chain
+    code (its eventIds and keys are scoped by it: docs/event-format.md); None: the chain code."""
     at = relayed_at or datetime.now(UTC)
-    key = from_poll(business_event_data(event), event.chain, at).event_key
-    return EmittedEvent(event.chain, event.offset, key, event.unique_event_id, str(event.business_event_id))
+    scope = None if subscription == event.chain else subscription
+    key = from_poll(business_event_data(event), event.chain, at, subscription=scope).event_key
+    return EmittedEvent(
+        scope or event.chain, event.offset, key, event.unique_event_id, str(event.business_event_id)
+    )
 
 
-def emitted_events(events: Iterable[StoredEvent]) -> list[EmittedEvent]:
+def emitted_events(events: Iterable[StoredEvent], *, subscription: str | None = None) -> list[EmittedEvent]:
     at = datetime.now(UTC)
-    return [emitted_event(event, at) for event in events]
+    return [emitted_event(event, at, subscription=subscription) for event in events]
 
 
 def body_event_id(body: Mapping[str, Any]) -> str:

@@ -18,6 +18,28 @@ def test_the_chaos_command_takes_the_make_target_arguments() -> None:
     assert (quiet.jobs, build_parser().parse_args(["local", "chaos", "--jobs", "3"]).jobs) == (1, 3)
 
 
+def test_the_fleet_suite_takes_the_same_arguments(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = build_parser().parse_args(
+        ["local", "chaos", "--fleet", "--seed", "5001", "--schedules", "2", "-v"]
+    )
+    assert (args.fleet, args.seed, args.schedules, args.verbose, args.jobs) == (True, 5001, 2, True, 1)
+    assert build_parser().parse_args(["local", "chaos"]).fleet is False
+    ran: list[tuple[int, bool]] = []
+
+    def one(n: int, *, fleet: bool = False, **_: object) -> chaos.ScheduleResult:
+        ran.append((n, fleet))
+        return chaos.ScheduleResult(seed=n, steps=7, plan="", emitted=40, delivered=40, messages=41)
+
+    monkeypatch.setattr(chaos, "_run_one", one)
+    assert args.handler(args) == 0
+    assert ran == [(5001, True), (5002, True)]
+    printed = capsys.readouterr().out
+    assert "2 fleet schedule(s) from seed 5001" in printed
+    assert "replay one: ohip-relay local chaos --fleet --seed N --schedules 1 -v" in printed
+
+
 def test_zero_schedules_is_a_usage_error() -> None:
     args = build_parser().parse_args(["local", "chaos", "--schedules", "0"])
     with pytest.raises(CommandError, match="--schedules must be at least 1"):
