@@ -532,6 +532,18 @@ class Scheduler:
             confirmed_at=acquired.lease.lease_until - self.options.lease_seconds,
         )
         self.held[chain] = held
+        late = time.time() - held.confirmed_at
+        if late >= self.options.lease_seconds - self.options.renew_interval:
+            # The acquire answered after the lease's safe period (DynamoDB slow): the guard would
+            # close the session at once, and it could connect after safe_until (docs/fleet-design.md
+            # section 4). Given back as the previous holder left it (its `complete`, for the 10 s
+            # rule), to be taken at a later pass.
+            log.warning(
+                "chain %s: the lease acquire answered after %.1fs; released, not started", chain, late
+            )
+            held.leaving = "stop"
+            await self._release(held, completed_at=acquired.completed_at, keep_handover=False)
+            return
         try:
             settings = await self._settings_for(subscription)
         except Exception as exc:  # ConfigError for a secret it cannot read; anything else likewise
@@ -542,21 +554,15 @@ class Scheduler:
             held.state = StreamState.FAILED.value
             self._cooldown[chain] = time.monotonic() + self.options.retake_after_failure
             held.leaving = "stop"
-            await self._release(held, completed_at=None, keep_handover=False)
+            await self._release(held, completed_at=acquired.completed_at, keep_handover=False)
             return
         self._secret_problems.pop(chain, None)
-        # The lease runs from the acquire's `now`: an acquire (or a secret read) that answered
-        # late may leave it past the point where the guard closes a session. No connection is
-        # begun on a lease that is not surely ours; the chain is released for the next pass.
-        margin = self.options.lease_seconds - self.options.renew_interval
-        if time.time() >= held.confirmed_at + margin or self._stop.is_set():
-            log.warning(
-                "chain %s: the lease was taken %.1fs ago, too long to start on it; releasing it",
-                chain,
-                time.time() - held.confirmed_at,
-            )
+        # The same after the secret read (it may have been slow too), and after a stop.
+        late = time.time() - held.confirmed_at
+        if late >= self.options.lease_seconds - self.options.renew_interval or self._stop.is_set():
+            log.warning("chain %s: the lease was taken %.1fs ago; released, not started", chain, late)
             held.leaving = "stop"
-            await self._release(held, completed_at=None, keep_handover=False)
+            await self._release(held, completed_at=acquired.completed_at, keep_handover=False)
             return
         publisher = self.parts.router.new(self.parts.publisher)
         session = StreamConsumer(

@@ -360,3 +360,41 @@ async def test_a_chain_whose_secret_cannot_be_read_is_released_and_the_others_st
         await eventually(lambda: "BROKEN" in w1.scheduler._secret_problems, within=20, what="secret refused")
         lease = await asyncio.to_thread(w1.scheduler.parts.fleet.read_leases, ["BROKEN"])
         assert lease.get("BROKEN") is None or lease["BROKEN"].owner is None
+
+
+async def test_a_lease_acquired_too_late_to_be_safe_starts_no_session(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # DynamoDB answers the first acquires after 2.5 s, past the lease's safe period (a 3 s lease
+    # renewed every second: the session must be closed 2 s after the acquire's `now`). Such a
+    # session could connect after safe_until (fleet chaos, seed 5222): none may start. The leases
+    # are given back and taken at a later pass, when DynamoDB answers in time.
+    from ohip_relay.fleet_state import FleetStore
+
+    real = FleetStore.acquire
+    late = {"left": len(fleet.subscriptions)}
+
+    def slow_acquire(self: FleetStore, *args: Any, **kwargs: Any) -> Any:
+        acquired = real(self, *args, **kwargs)
+        if acquired is not None and late["left"] > 0:
+            late["left"] -= 1
+            time.sleep(2.5)  # the answer is late: the write happened
+        return acquired
+
+    monkeypatch.setattr(FleetStore, "acquire", slow_acquire)
+    ids = {s.id for s in fleet.subscriptions}
+    # The guard looks twice a second, as in production (the default options): time enough for a
+    # session started late to connect before the guard closes it.
+    async with fleet.worker("w1", dataclasses.replace(FLEET, guard_interval=0.5)) as w1:
+        await eventually(
+            lambda: w1.holds() == ids, within=30, what="every chain held after the slow acquires"
+        )
+        assert await w1.stop() == 0
+    assert late["left"] == 0
+    # Only the sessions of the timely acquires ever subscribed: one subscription per chain.
+    assert all(c["total_connections"] == 1 for c in fleet.connections() if c["total_connections"]), (
+        fleet.connections()
+    )
+    warned = [r.getMessage() for r in caplog.records if "released, not started" in r.getMessage()]
+    assert len(warned) == len(ids), warned
+    fleet.assert_never_two_connections()
