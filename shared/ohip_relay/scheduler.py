@@ -79,6 +79,7 @@ from .stream import (
     StreamOptions,
     options_for,
     stop_on_signals,
+    wait_within,
 )
 from .telemetry import Metric, Telemetry
 
@@ -328,6 +329,7 @@ class Scheduler:
         self.last_plan: Plan | None = None
         self.exit_status = 0
         self._stop = asyncio.Event()
+        self._halted = False  # the periodic loops stop (set once every session has ended)
         self._started_at = time.time()
         self._threads = ThreadPoolExecutor(max_workers=SESSION_THREADS, thread_name_prefix="fleet-session")
         # The scheduler's own calls (renewal batch, worker item, pass reads) never queue behind
@@ -386,9 +388,13 @@ class Scheduler:
         finally:
             self._stop.set()
             await self._stop_all()
+            self._halted = True  # the loops end at their next turn even if a cancel were lost
             for task in loops:
                 task.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+            # Bounded: the exit must not hang on a loop (the leases are released by now).
+            await asyncio.wait(
+                loops, timeout=max(self.options.renew_interval, self.options.guard_interval) + 5.0
+            )
             await self._leave()
             self._threads.shutdown(wait=False)
             self._renewer.shutdown(wait=False)
@@ -754,7 +760,7 @@ class Scheduler:
                 batch.add_done_callback(lambda done: done.cancelled() or done.exception())
                 self._renewing = batch
                 try:
-                    results = await asyncio.wait_for(asyncio.shield(batch), self.options.renew_interval)
+                    results = await wait_within(batch, self.options.renew_interval)
                 except TimeoutError:
                     log.warning("the lease renewal batch has not answered for %.0fs", time.time() - now)
                     self._renew_trouble = True
@@ -860,7 +866,7 @@ class Scheduler:
         under load) does not stretch the period, which the lease's safety margin counts on."""
         loop = asyncio.get_running_loop()
         next_at = loop.time()
-        while True:
+        while not self._halted:
             next_at += interval
             try:
                 await action()

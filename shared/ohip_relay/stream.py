@@ -196,6 +196,20 @@ POISON_CODES = frozenset(
 )
 
 
+async def wait_within(future: asyncio.Future[_T], seconds: float) -> _T:
+    """`future`'s result, or `TimeoutError` after `seconds`; `future` itself is left running.
+
+    Not `asyncio.wait_for(asyncio.shield(future), ...)`: on Python 3.11, when the future completes
+    just as the waiting task is cancelled, `wait_for` returns the result and the cancellation is
+    lost. The task then carries on, and whoever cancelled it (a stop) waits for it for ever (fleet
+    chaos seed 5150: a renewal loop cancelled at shutdown kept running; its relay never exited).
+    `asyncio.wait` lets the cancellation through."""
+    done, _ = await asyncio.wait({future}, timeout=seconds)
+    if not done:
+        raise TimeoutError
+    return future.result()
+
+
 def default_owner() -> str:
     """Who holds the lease: host name and process id, readable in `ohip-relay status`."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -1083,7 +1097,7 @@ class StreamConsumer:
         # so that asyncio does not report an exception nobody read.
         renewal.add_done_callback(lambda done: done.cancelled() or done.exception())
         try:
-            return await asyncio.wait_for(asyncio.shield(renewal), timeout=max(0.0, safe_until - now))
+            return await wait_within(renewal, max(0.0, safe_until - now))
         except TimeoutError:
             log.warning("the lease renewal has not answered for %.1fs", time.time() - now)
             return None

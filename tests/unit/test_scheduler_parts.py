@@ -13,6 +13,7 @@ from ohip_relay import logcontext
 from ohip_relay.balance import BalanceConfig
 from ohip_relay.publish import OutboundMessage, PublisherStats, PublishFailure, SqsPublisher
 from ohip_relay.scheduler import ChainTelemetry, PublisherRouter, SchedulerOptions, new_worker_id
+from ohip_relay.stream import wait_within
 from ohip_relay.telemetry import Metric, Telemetry
 
 
@@ -151,3 +152,29 @@ def test_worker_ids_are_never_reused_and_have_no_hash() -> None:
     ids = {new_worker_id() for _ in range(50)}
     assert len(ids) == 50
     assert all("#" not in worker for worker in ids)
+
+
+async def test_a_cancel_that_lands_as_the_future_completes_is_not_lost() -> None:
+    """`wait_within` (the renewals' wait): the future completes and the waiter is cancelled in the
+    same loop turn, as at a shutdown. The cancel must reach the waiter (3.11's `wait_for` returned
+    the result instead, and the cancelled renewal loop ran on: fleet chaos seed 5150)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[int] = loop.create_future()
+    waiter = asyncio.ensure_future(wait_within(future, 10.0))
+    await asyncio.sleep(0)
+    future.set_result(1)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert future.result() == 1  # the future itself is left alone
+
+
+async def test_wait_within_gives_the_result_or_times_out_leaving_the_future_running() -> None:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+    done.set_result(7)
+    assert await wait_within(done, 1.0) == 7
+    pending: asyncio.Future[int] = loop.create_future()
+    with pytest.raises(TimeoutError):
+        await wait_within(pending, 0.01)
+    assert not pending.done()
