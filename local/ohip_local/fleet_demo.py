@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -749,7 +749,9 @@ def _stop_all(fleet: _Fleet) -> dict[str, int | None]:
     """SIGTERM to every running relay at once (complete, drain, checkpoint, release), then wait."""
     running = fleet.running()
     for relay in running:
-        os.kill(relay.process.pid, signal.SIGTERM)
+        if relay.process.returncode is None:  # one that ended by itself is reported with its status
+            with suppress(ProcessLookupError):
+                os.kill(relay.process.pid, signal.SIGTERM)
     statuses: dict[str, int | None] = {}
     for relay in fleet.relays:
         if relay.killed:

@@ -65,7 +65,7 @@ from .publish import (
     PublishFailure,
     SqsPublisher,
 )
-from .registry import RegistryListing, RegistryStore, Subscription, settings_for_subscription
+from .registry import RegistryError, RegistryListing, RegistryStore, Subscription, settings_for_subscription
 from .seen import SeenSet
 from .sqs_http import SqsHttpTransport
 from .state import StateStore, StateStoreError, StreamState
@@ -374,7 +374,9 @@ class Scheduler:
             while not self._stop.is_set():
                 try:
                     await self._pass()
-                except StateStoreError as exc:
+                except (StateStoreError, RegistryError) as exc:
+                    # DynamoDB throttling or unreachable, a registry written while it was read:
+                    # the next pass tries again. A missing table or no permission ends the task.
                     if not exc.retryable:
                         raise
                     log.warning("balancing pass skipped: %s", exc)

@@ -398,3 +398,34 @@ async def test_a_lease_acquired_too_late_to_be_safe_starts_no_session(
     warned = [r.getMessage() for r in caplog.records if "released, not started" in r.getMessage()]
     assert len(warned) == len(ids), warned
     fleet.assert_never_two_connections()
+
+
+async def test_a_registry_written_while_it_is_read_skips_a_pass_not_the_task(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`chains add` racing the scheduler's listing (the fleet demo's start): the listing gives up
+    with a retryable RegistryError, and the next pass lists again; the task does not end."""
+    from ohip_relay.registry import RegistryError, RegistryStore
+
+    real = RegistryStore.list_all
+    failures = {"left": 2}
+
+    def racing_list_all(self: RegistryStore) -> Any:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise RegistryError(
+                "the registry kept changing while it was read; try again",
+                operation="ListRegistry",
+                code="KeptChanging",
+                retryable=True,
+                table=fleet.stack.table_name,
+            )
+        return real(self)
+
+    monkeypatch.setattr(RegistryStore, "list_all", racing_list_all)
+    ids = {s.id for s in fleet.subscriptions}
+    async with fleet.worker("w1") as w1:
+        await eventually(lambda: w1.holds() == ids, within=20, what="every chain held after the races")
+        assert not w1.task.done()
+        assert await w1.stop() == 0
+    assert failures["left"] == 0
